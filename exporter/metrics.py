@@ -377,7 +377,9 @@ class SelfMetrics:
             return Gauge(spec.name, spec.help, spec.labels, registry=registry)
 
         def histogram(spec: MetricSpec) -> Histogram:
-            return Histogram(spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
+            return Histogram(
+                spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets
+            )
 
         self.build_info = gauge(BUILD_INFO)
         self.reload_ok = gauge(RELOAD_OK)

@@ -1,0 +1,35 @@
+# The two commands that work on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PYTEST_WORKERS ?= 2
+LISTEN ?= :10077
+
+.PHONY: demo test lint format system-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/failover-exporter demo --web.listen-address $(LISTEN) $(if $(OUTAGE),--outage-after $(OUTAGE))
+
+system-deps:
+	@scripts/system-deps
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check exporter tests
+	$(VENV)/bin/ruff format --check exporter tests
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix exporter tests
+	$(VENV)/bin/ruff format exporter tests
+
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,396 @@
+"""Load the YAML config: parse with line numbers, validate, build frozen runtime objects.
+
+Errors are data: every problem becomes a ConfigIssue naming file, line and key path, and all of
+them are reported together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from exporter import schema
+from exporter.fields import SettingError, format_duration, parse_duration
+from exporter.metrics import Role
+from exporter.probes import REGISTRY
+
+Loc = tuple[str | int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigIssue:
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(i) for i in issues))
+        self.issues = issues
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One endpoint probed from one vantage; `key` identifies it across reloads."""
+
+    vantage: str
+    service: str
+    region: str
+    role: str
+    image: str
+    name: str
+    kind: str
+    settings: Any
+    prepared: Any = dataclasses.field(compare=False)
+    interval: float
+    timeout: float
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.vantage, self.service, self.name)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Values for metrics.TARGET_LABELS, in that order."""
+        return (
+            self.service,
+            self.region,
+            self.role,
+            self.image,
+            self.name,
+            self.kind,
+            self.vantage,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    service: str
+    name: str
+    role: str
+    priority: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    service: str
+    name: str
+    ref: str
+    dockerfile: str | None
+    context: str | None
+    build_target: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    source: str
+    digest: str
+    vantage: str
+    max_concurrency: int
+    overload_delay: float
+    regions: tuple[Region, ...]
+    images: tuple[Image, ...]
+    targets: tuple[Target, ...]
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.service for r in self.regions))
+
+
+def format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _Source:
+    """YAML text turned into plain data plus the line of every key path."""
+
+    def __init__(self, text: str, file: str) -> None:
+        self.file = file
+        self.lines: dict[Loc, int] = {}
+        self.issues: list[ConfigIssue] = []
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            self.data = self._convert(loader, node, ()) if node is not None else None
+        finally:
+            loader.dispose()
+
+    def _convert(self, loader: yaml.SafeLoader, node: yaml.Node, loc: Loc) -> Any:
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | float | bool):
+                    key = str(key)
+                if key in out:
+                    self.issues.append(
+                        ConfigIssue(
+                            self.file,
+                            key_node.start_mark.line + 1,
+                            format_loc((*loc, str(key))),
+                            "duplicate key",
+                        )
+                    )
+                child: Loc = (*loc, str(key))
+                self.lines[child] = key_node.start_mark.line + 1
+                out[key] = self._convert(loader, value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._convert(loader, item, (*loc, i)) for i, item in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+    def issue(self, loc: Loc, message: str) -> ConfigIssue:
+        line = None
+        for n in range(len(loc), -1, -1):
+            line = self.lines.get(loc[:n])
+            if line is not None:
+                break
+        return ConfigIssue(self.file, line, format_loc(loc), message)
+
+
+def _pydantic_issues(src: _Source, error: ValidationError) -> Iterator[ConfigIssue]:
+    for err in error.errors(include_url=False):
+        loc = list(err["loc"])
+        # A discriminated union adds the chosen tag to the path; the user never wrote it.
+        for i in range(len(loc) - 1, 0, -1):
+            if loc[i - 1] == "probe" and loc[i] in REGISTRY:
+                del loc[i]
+        kind = err["type"]
+        message = err["msg"].removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        elif kind == "union_tag_invalid":
+            known = ", ".join(sorted(REGISTRY))
+            message = f"unknown probe kind {err['input'].get('kind')!r} (known: {known})"
+            loc.append("kind")
+        elif kind == "union_tag_not_found":
+            message = f"probe kind is missing (one of: {', '.join(sorted(REGISTRY))})"
+        yield src.issue(tuple(loc), message)
+
+
+def _items(data: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, list):
+        return []
+    return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
+
+
+def _duration(value: Any) -> float | None:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None
+
+
+def _semantic_issues(src: _Source) -> Iterator[ConfigIssue]:
+    """Rules that span fields or sections, checked on the raw data so that they are reported
+    together with field errors."""
+    data = src.data
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    defaults = defaults if isinstance(defaults, dict) else {}
+    default_interval = _duration(defaults.get("interval", 5)) or 5.0
+    default_timeout = _duration(defaults.get("timeout", 2)) or 2.0
+    if default_timeout >= default_interval and "timeout" in defaults:
+        yield src.issue(
+            ("defaults", "timeout"), f"must be below interval ({format_duration(default_interval)})"
+        )
+
+    target_names: dict[str, Loc] = {}
+
+    def check_target(loc: Loc, item: dict[str, Any]) -> Iterator[ConfigIssue]:
+        name = item.get("name")
+        if isinstance(name, str):
+            if name in target_names:
+                first = format_loc(target_names[name])
+                yield src.issue((*loc, "name"), f"target name {name!r} is already used at {first}")
+            else:
+                target_names[name] = loc
+        interval = _duration(item["interval"]) if "interval" in item else default_interval
+        timeout = _duration(item["timeout"]) if "timeout" in item else default_timeout
+        if interval is not None and timeout is not None and timeout >= interval:
+            field = "timeout" if "timeout" in item else "interval"
+            yield src.issue(
+                (*loc, field),
+                f"timeout ({format_duration(timeout)}) must be below interval "
+                f"({format_duration(interval)})",
+            )
+
+    for i, item in _items(data, "control"):
+        yield from check_target(("control", i), item)
+
+    service_names: set[str] = set()
+    for s, service in _items(data, "services"):
+        sloc: Loc = ("services", s)
+        if service.get("name") in service_names:
+            yield src.issue((*sloc, "name"), f"service name {service['name']!r} is already used")
+        service_names.add(str(service.get("name")))
+        regions: dict[Any, int] = {}
+        priorities: dict[Any, Any] = {}
+        primaries = []
+        for r, region in _items(service, "regions"):
+            rloc: Loc = (*sloc, "regions", r)
+            if region.get("name") in regions:
+                yield src.issue((*rloc, "name"), f"region name {region['name']!r} is already used")
+            regions[region.get("name")] = r
+            if region.get("role") == "primary":
+                primaries.append(r)
+            prio = region.get("priority")
+            if isinstance(prio, int) and prio in priorities:
+                yield src.issue(
+                    (*rloc, "priority"),
+                    f"priority {prio} is already used by region {priorities[prio]!r}",
+                )
+            priorities.setdefault(prio, region.get("name"))
+        if regions and not primaries:
+            yield src.issue((*sloc, "regions"), "exactly one region must have role primary")
+        for r in primaries[1:]:
+            yield src.issue(
+                (*sloc, "regions", r, "role"), "only one region per service may be primary"
+            )
+        images: set[Any] = set()
+        for i, image in _items(service, "images"):
+            if image.get("name") in images:
+                yield src.issue(
+                    (*sloc, "images", i, "name"), f"image name {image['name']!r} is already used"
+                )
+            images.add(image.get("name"))
+        for t, target in _items(service, "targets"):
+            tloc: Loc = (*sloc, "targets", t)
+            yield from check_target(tloc, target)
+            if "region" in target and target["region"] not in regions:
+                known = ", ".join(str(r) for r in regions)
+                yield src.issue(
+                    (*tloc, "region"), f"unknown region {target['region']!r} (known: {known})"
+                )
+            if "image" in target and target["image"] not in images:
+                known = ", ".join(str(i) for i in images)
+                yield src.issue(
+                    (*tloc, "image"), f"unknown image {target['image']!r} (known: {known})"
+                )
+
+
+def parse(text: str, file: str, base_dir: Path | None = None) -> Config:
+    """Validate config text; raise ConfigError listing every problem."""
+    try:
+        src = _Source(text, file)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax error: {problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue(file, None, "", f"YAML error: {exc}")]) from None
+    issues = list(src.issues)
+    if not isinstance(src.data, dict):
+        issues.append(
+            ConfigIssue(file, 1, "", "the config must be a mapping (vantage, services, …)")
+        )
+        raise ConfigError(issues)
+    root: schema.Root | None = None
+    try:
+        root = schema.Root.model_validate(src.data)
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(src, exc))
+    issues.extend(_semantic_issues(src))
+    if root is None or issues:
+        issues.sort(key=lambda i: (i.line or 0, i.path))
+        raise ConfigError(issues)
+    return _build(root, src, base_dir or Path(file).parent, text)
+
+
+def _build(root: schema.Root, src: _Source, base_dir: Path, text: str) -> Config:
+    issues: list[ConfigIssue] = []
+    targets: list[Target] = []
+    regions: list[Region] = []
+    images: list[Image] = []
+    d = root.defaults
+
+    def make(loc: Loc, t: schema.Target | schema.ControlTarget, **labels: str) -> None:
+        kind = REGISTRY[t.probe.kind]
+        try:
+            prepared = kind.prepare(t.probe, base_dir)
+        except SettingError as exc:
+            field = tuple(p for p in exc.field.split(".") if p)
+            issues.append(src.issue((*loc, "probe", *field), exc.message))
+            return
+        except ValueError as exc:
+            issues.append(src.issue((*loc, "probe"), str(exc)))
+            return
+        targets.append(
+            Target(
+                vantage=root.vantage,
+                name=t.name,
+                kind=kind.name,
+                settings=t.probe,
+                prepared=prepared,
+                interval=t.interval or d.interval,
+                timeout=t.timeout or d.timeout,
+                **labels,
+            )
+        )
+
+    for i, c in enumerate(root.control):
+        make(("control", i), c, service="", region="", role=Role.CONTROL.value, image="")
+    for s, svc in enumerate(root.services):
+        roles = {r.name: r.role for r in svc.regions}
+        regions.extend(Region(svc.name, r.name, r.role, r.priority) for r in svc.regions)
+        images.extend(
+            Image(svc.name, i.name, i.ref, i.dockerfile, i.context, i.build_target)
+            for i in svc.images
+        )
+        for t, tgt in enumerate(svc.targets):
+            make(
+                ("services", s, "targets", t),
+                tgt,
+                service=svc.name,
+                region=tgt.region,
+                role=roles[tgt.region],
+                image=tgt.image,
+            )
+    if issues:
+        raise ConfigError(issues)
+    return Config(
+        source=src.file,
+        digest=hashlib.sha256(text.encode()).hexdigest()[:12],
+        vantage=root.vantage,
+        max_concurrency=d.max_concurrency,
+        overload_delay=d.overload_delay,
+        regions=tuple(regions),
+        images=tuple(images),
+        targets=tuple(targets),
+    )
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            [ConfigIssue(str(p), None, "", f"cannot read config: {reason}")]
+        ) from None
+    return parse(text, str(p), p.parent)

@@ -1,0 +1,94 @@
+"""The running exporter: current config, scheduler, registries and resources, and reload."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from exporter import __version__, config
+from exporter.config import Config, ConfigError
+from exporter.metrics import SelfMetrics
+from exporter.resources import Resources
+from exporter.scheduler import Scheduler
+
+log = logging.getLogger("exporter")
+
+
+class Engine:
+    """Owns everything long-lived. Create, `start(config)`, and always `await aclose()`."""
+
+    def __init__(self, loader: Callable[[], Config] | None = None, path: Path | None = None):
+        self.path = path
+        self._loader = loader or (lambda: config.load(self._require_path()))
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.metrics = SelfMetrics(self.registry)
+        self.metrics.build_info.labels(
+            version=__version__, python_version=platform.python_version()
+        ).set(1)
+        self.resources = Resources()
+        self.scheduler = Scheduler(self.metrics, self.resources)
+        self.config: Config | None = None
+        self.last_reload_errors: list[str] = []
+
+    def _require_path(self) -> Path:
+        if self.path is None:
+            raise RuntimeError("no config path")
+        return self.path
+
+    def start(self, cfg: Config) -> None:
+        self._use(cfg)
+        log.info(
+            "config loaded",
+            extra={"file": cfg.source, "targets": len(cfg.targets), "digest": cfg.digest},
+        )
+
+    def _use(self, cfg: Config) -> None:
+        self.scheduler.apply(cfg)
+        self.config = cfg
+        self.last_reload_errors = []
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_ts.set(time.time())
+
+    def reload(self) -> bool:
+        """Load the config again; on any error keep the running one and say so in metrics."""
+        try:
+            cfg = self._loader()
+        except ConfigError as exc:
+            self.metrics.reload_ok.set(0)
+            self.last_reload_errors = [str(i) for i in exc.issues]
+            for issue in exc.issues:
+                log.error(
+                    "config reload failed; keeping the running config", extra={"error": str(issue)}
+                )
+            return False
+        old = self.config
+        self._use(cfg)
+        log.info(
+            "config reloaded",
+            extra={
+                "file": cfg.source,
+                "targets": len(cfg.targets),
+                "digest": cfg.digest,
+                "previous_digest": old.digest if old else None,
+            },
+        )
+        return True
+
+    async def aclose(self) -> None:
+        try:
+            await self.scheduler.stop()
+        finally:
+            await self.resources.aclose()

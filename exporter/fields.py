@@ -1,0 +1,108 @@
+"""Field types shared by the config schema and the probe settings models."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SecretStr,
+    model_validator,
+)
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class Model(BaseModel):
+    """Input model base: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a Prometheus-style duration string ("250ms", "5s", "1m30s")."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 5s or 250ms")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ValueError(f"{value!r} is not a duration (use e.g. 5s, 250ms, 1m30s)")
+    else:
+        raise ValueError("must be a duration such as 5s or 250ms")
+    if seconds <= 0:
+        raise ValueError("must be greater than 0")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1 and seconds * 1000 == int(seconds * 1000):
+        return f"{int(seconds * 1000)}ms"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:g}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_name(value: str) -> str:
+    if not value or len(value) > 128:
+        raise ValueError("must be 1 to 128 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# Names become label values and appear on the status page (escaped there), so any printable
+# text is allowed; length and control characters are the only limits.
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+class SecretSource(Model):
+    """A secret read from an environment variable or a file, never written inline."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("set exactly one of env or file")
+        return self
+
+    def resolve(self) -> SecretStr:
+        """Read the secret now. Raises ValueError with a message that never contains it."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ValueError(f"environment variable {self.env} is not set")
+            return SecretStr(value)
+        assert self.file is not None
+        try:
+            return SecretStr(self.file.read_text().rstrip("\n"))
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+
+
+class SettingError(ValueError):
+    """A config error found while preparing settings; `field` is the key path below the probe."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message

@@ -1,0 +1,87 @@
+"""The probe contract: settings model, prepare step, run coroutine, and the context they share."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from exporter.fields import Model
+from exporter.metrics import Reason
+from exporter.resources import Resources
+
+
+class ProbeSettings(Model):
+    """Base of every probe kind's settings; subclasses narrow `kind` to a Literal."""
+
+    kind: str
+
+
+class ProbeFailure(Exception):
+    """A probe failed for a known reason. The message must not contain secrets."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class ProbeContext:
+    """What a running probe records: phase timings, extra gauges, debug lines."""
+
+    __slots__ = ("debug", "gauges", "observations", "phases", "resources", "status_code")
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.phases: dict[str, float] = {}
+        self.gauges: dict[str, float] = {}
+        self.status_code: int | None = None
+        self.debug: list[str] = []
+        # Extra histogram observations by catalogue name (e.g. cold start, image pull).
+        self.observations: list[tuple[str, float]] = []
+
+    def log(self, message: str) -> None:
+        self.debug.append(f"{time.time():.3f} {message}")
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase; a phase cut short by a failure or timeout is still recorded."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = time.perf_counter() - start
+
+
+PreparedT = TypeVar("PreparedT")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeKind(Generic[PreparedT]):
+    """One probe kind.
+
+    `prepare` turns validated settings into a runtime object once per config load (secrets read,
+    regexes compiled, TLS contexts built); it raises ValueError for config errors. `run` performs
+    one probe and raises ProbeFailure; the scheduler owns the timeout and the metrics.
+    """
+
+    name: str
+    settings: type[ProbeSettings]
+    prepare: Callable[[Any, Path], PreparedT]
+    run: Callable[[PreparedT, ProbeContext], Awaitable[None]]
+    reasons: tuple[Reason, ...]
+    phases: tuple[str, ...]
+    describe: Callable[[Any], str] = lambda settings: ""
+
+
+REGISTRY: dict[str, ProbeKind[Any]] = {}
+
+
+def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:
+    if kind.name in REGISTRY:
+        raise RuntimeError(f"probe kind {kind.name!r} registered twice")
+    REGISTRY[kind.name] = kind
+    return kind

@@ -1,0 +1,366 @@
+"""HTTP(S) probe: status, body checks, phase timings, certificate expiry.
+
+A new connection per probe by default, so connect and TLS time are measured every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import os
+import re
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import aiohappyeyeballs
+import aiohttp
+from pydantic import Field, SecretStr, field_validator
+from yarl import URL
+
+from exporter import __version__
+from exporter.fields import Model, SecretSource, SettingError
+from exporter.metrics import TLS_NOT_AFTER, Reason
+from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
+from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
+
+_FAMILIES = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+_USER_AGENT = f"failover_exporter/{__version__}"
+
+
+class BasicAuth(Model):
+    username: str
+    password: SecretSource
+
+
+class HttpSettings(ProbeSettings):
+    kind: Literal["http"]
+    url: str
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    valid_status_codes: list[int] = Field(default_factory=list)
+    body_must_match: list[str] = Field(default_factory=list)
+    body_must_not_match: list[str] = Field(default_factory=list)
+    follow_redirects: bool = True
+    tls: TlsSettings = TlsSettings()
+    ip_family: Literal["any", "ipv4", "ipv6"] = "any"
+    keep_alive: bool = False
+    max_body_bytes: int = Field(1 << 20, ge=0, le=1 << 30)
+    basic_auth: BasicAuth | None = None
+    bearer_token: SecretSource | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        url = URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        if url.user or url.password:
+            raise ValueError("must not contain credentials; use basic_auth with env or file")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Http:
+    url: URL
+    method: str
+    headers: dict[str, str]
+    auth_header: SecretStr | None
+    body: bytes | None
+    valid_status: frozenset[int]
+    must_match: tuple[re.Pattern[bytes], ...]
+    must_not_match: tuple[re.Pattern[bytes], ...]
+    follow_redirects: bool
+    ssl: ssl.SSLContext | bool
+    family: int
+    keep_alive: bool
+    max_body_bytes: int
+
+
+def _regexes(patterns: list[str], field: str) -> tuple[re.Pattern[bytes], ...]:
+    out = []
+    for i, pattern in enumerate(patterns):
+        try:
+            out.append(re.compile(pattern.encode()))
+        except re.error as exc:
+            raise SettingError(f"{field}[{i}]", f"invalid regular expression: {exc}") from None
+    return tuple(out)
+
+
+def prepare(s: HttpSettings, base_dir: Path) -> Http:
+    auth: SecretStr | None = None
+    try:
+        if s.basic_auth is not None:
+            password = s.basic_auth.password.resolve().get_secret_value()
+            token = aiohttp.BasicAuth(s.basic_auth.username, password).encode()
+            auth = SecretStr(token)
+        elif s.bearer_token is not None:
+            auth = SecretStr("Bearer " + s.bearer_token.resolve().get_secret_value())
+    except ValueError as exc:
+        field = "basic_auth.password" if s.basic_auth else "bearer_token"
+        raise SettingError(field, str(exc)) from None
+    url = URL(s.url)
+    return Http(
+        url=url,
+        method=s.method,
+        headers={"User-Agent": _USER_AGENT, **s.headers},
+        auth_header=auth,
+        body=s.body.encode() if s.body is not None else None,
+        valid_status=frozenset(s.valid_status_codes),
+        must_match=_regexes(s.body_must_match, "body_must_match"),
+        must_not_match=_regexes(s.body_must_not_match, "body_must_not_match"),
+        follow_redirects=s.follow_redirects,
+        ssl=client_context(s.tls, base_dir) if url.scheme == "https" else False,
+        family=_FAMILIES[s.ip_family],
+        keep_alive=s.keep_alive,
+        max_body_bytes=s.max_body_bytes,
+    )
+
+
+class _Marks:
+    """Monotonic marks of one request's life, filled by trace hooks and the connector."""
+
+    __slots__ = ("connected", "created", "dns", "dns_start", "tcp")
+
+    def __init__(self) -> None:
+        self.dns = 0.0
+        self.dns_start = 0.0
+        self.tcp: float | None = None
+        self.created: float | None = None
+        self.connected = 0.0
+
+
+_MARKS: contextvars.ContextVar[_Marks | None] = contextvars.ContextVar("http_marks", default=None)
+
+
+class _TimedConnector(aiohttp.TCPConnector):
+    """Marks the end of the TCP handshake so connect and TLS time can be told apart.
+
+    aiohttp's trace hooks only report connection creation as a whole (TCP + TLS).
+    """
+
+    async def _wrap_create_connection(
+        self,
+        *args: Any,
+        addr_infos: list[Any],
+        req: Any,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+        client_error: type[Exception] = aiohttp.ClientConnectorError,
+        **kwargs: Any,
+    ) -> Any:
+        try:
+            sock = await aiohappyeyeballs.start_connection(
+                addr_infos=addr_infos, loop=asyncio.get_running_loop()
+            )
+        except OSError as exc:
+            raise client_error(req.connection_key, exc) from exc
+        marks = _MARKS.get()
+        if marks is not None:
+            marks.tcp = time.perf_counter()
+        return await self._wrap_existing_connection(
+            *args, req=req, timeout=timeout, client_error=client_error, sock=sock, **kwargs
+        )
+
+
+async def _on_dns_start(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
+    marks = _MARKS.get()
+    if marks is not None:
+        marks.dns_start = time.perf_counter()
+
+
+async def _on_dns_end(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
+    marks = _MARKS.get()
+    if marks is not None:
+        marks.dns += time.perf_counter() - marks.dns_start
+
+
+async def _on_conn_start(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
+    marks = _MARKS.get()
+    if marks is not None:
+        marks.created = time.perf_counter()
+
+
+async def _on_conn_end(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
+    marks = _MARKS.get()
+    if marks is not None:
+        marks.connected = time.perf_counter()
+
+
+@asynccontextmanager
+async def _session(family: int, keep_alive: bool) -> AsyncIterator[aiohttp.ClientSession]:
+    trace = aiohttp.TraceConfig()
+    trace.on_dns_resolvehost_start.append(_on_dns_start)
+    trace.on_dns_resolvehost_end.append(_on_dns_end)
+    trace.on_connection_create_start.append(_on_conn_start)
+    trace.on_connection_create_end.append(_on_conn_end)
+    connector = _TimedConnector(
+        limit=0,
+        family=socket.AddressFamily(family),
+        force_close=not keep_alive,
+        # DNS is resolved on every probe so that its time (and failure) is measured each time.
+        use_dns_cache=False,
+        enable_cleanup_closed=False,
+    )
+    async with aiohttp.ClientSession(
+        connector=connector,
+        trace_configs=[trace],
+        # The scheduler's asyncio.timeout is the only deadline; aiohttp's would race it.
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    ) as session:
+        yield session
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    # aiohappyeyeballs folds several attempts into one OSError without errno.
+    text = str(exc)
+    return "connection refused" if "Connect call failed" in text else text
+
+
+def _classify(exc: BaseException) -> tuple[Reason, str]:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return Reason.DNS, f"cannot resolve {exc.host}: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error: Any = exc.certificate_error
+        return Reason.TLS, f"certificate verification failed: {cert_error.reason}"
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        detail: Any = getattr(exc, "reason", None) or type(exc).__name__
+        return Reason.TLS, f"TLS error: {detail}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return (
+            Reason.CONNECT,
+            f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error)}",
+        )
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return Reason.PROTOCOL, "too many redirects"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return Reason.PROTOCOL, f"invalid HTTP response: {exc.message}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return Reason.RESET, f"connection closed mid-response ({type(exc).__name__})"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return Reason.RESET, f"connection error: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, aiohttp.ClientError):
+        return Reason.PROTOCOL, f"HTTP client error: {type(exc).__name__}"
+    return Reason.ERROR, f"unexpected error: {type(exc).__name__}"
+
+
+async def run(p: Http, ctx: ProbeContext) -> None:
+    session = await ctx.resources.shared(
+        ("http", p.family, p.keep_alive), lambda: _session(p.family, p.keep_alive)
+    )
+    headers = dict(p.headers)
+    if p.auth_header is not None:
+        headers["Authorization"] = p.auth_header.get_secret_value()
+    if not p.keep_alive:
+        headers["Connection"] = "close"
+    marks = _Marks()
+    token = _MARKS.set(marks)
+    start = time.perf_counter()
+    headers_at: float | None = None
+    try:
+        ctx.log(f"{p.method} {p.url.with_query(None)}")
+        async with session.request(
+            p.method,
+            p.url,
+            headers=headers,
+            data=p.body,
+            ssl=p.ssl,
+            allow_redirects=p.follow_redirects,
+            max_redirects=10,
+        ) as resp:
+            headers_at = time.perf_counter()
+            ctx.status_code = resp.status
+            ctx.log(f"response {resp.status} {resp.reason or ''}".rstrip())
+            if resp.connection is not None and resp.connection.transport is not None:
+                not_after = peer_cert_not_after(
+                    resp.connection.transport.get_extra_info("ssl_object")
+                )
+                if not_after is not None:
+                    ctx.gauges[TLS_NOT_AFTER.name] = not_after
+            body = await _read_bounded(resp, p.max_body_bytes)
+    except ProbeFailure:
+        raise
+    except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+        reason, message = _classify(exc)
+        raise ProbeFailure(reason, message) from None
+    finally:
+        _MARKS.reset(token)
+        _record_phases(ctx, marks, start, headers_at)
+    if p.valid_status:
+        if resp.status not in p.valid_status:
+            allowed = ", ".join(str(c) for c in sorted(p.valid_status))
+            raise ProbeFailure(Reason.HTTP_STATUS, f"status {resp.status} not in [{allowed}]")
+    elif not 200 <= resp.status < 300:
+        raise ProbeFailure(Reason.HTTP_STATUS, f"status {resp.status} is not 2xx")
+    for pattern in p.must_match:
+        if pattern.search(body) is None:
+            raise ProbeFailure(Reason.BODY, f"body does not match {pattern.pattern.decode()!r}")
+    for pattern in p.must_not_match:
+        if pattern.search(body) is not None:
+            raise ProbeFailure(Reason.BODY, f"body matches {pattern.pattern.decode()!r}")
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise ProbeFailure(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({limit})")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _record_phases(ctx: ProbeContext, m: _Marks, start: float, headers_at: float | None) -> None:
+    end = time.perf_counter()
+    if m.dns:
+        ctx.phases["dns"] = m.dns
+    if m.created is not None:
+        tcp_end = m.tcp if m.tcp is not None else (m.connected or end)
+        ctx.phases["connect"] = max(0.0, tcp_end - m.created - m.dns)
+        if m.tcp is not None and m.connected:
+            ctx.phases["tls"] = m.connected - m.tcp
+    ready = m.connected or start
+    if headers_at is not None:
+        ctx.phases["first_byte"] = headers_at - ready
+        ctx.phases["transfer"] = end - headers_at
+    elif m.connected:
+        ctx.phases["first_byte"] = end - ready
+
+
+def describe(s: HttpSettings) -> str:
+    return f"{s.method} {URL(s.url).with_query(None)}"
+
+
+KIND = register(
+    ProbeKind(
+        name="http",
+        settings=HttpSettings,
+        prepare=prepare,
+        run=run,
+        reasons=(
+            Reason.TIMEOUT,
+            Reason.DNS,
+            Reason.CONNECT,
+            Reason.TLS,
+            Reason.RESET,
+            Reason.PROTOCOL,
+            Reason.HTTP_STATUS,
+            Reason.BODY,
+            Reason.BODY_TOO_LARGE,
+            Reason.ERROR,
+        ),
+        phases=("dns", "connect", "tls", "first_byte", "transfer"),
+        describe=describe,
+    )
+)

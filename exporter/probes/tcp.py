@@ -1,0 +1,175 @@
+"""TCP probe: connect time, optional TLS handshake with certificate expiry, optional send/expect."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import socket
+import ssl
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from exporter.fields import SettingError
+from exporter.metrics import TLS_NOT_AFTER, Reason
+from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
+from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
+
+_FAMILIES = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port (IPv6 as [::1]:port)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+class TcpSettings(ProbeSettings):
+    kind: Literal["tcp"]
+    address: str
+    tls: bool = False
+    tls_config: TlsSettings = TlsSettings()
+    send: str | None = None
+    expect: str | None = None
+    ip_family: Literal["any", "ipv4", "ipv6"] = "any"
+    max_read_bytes: int = Field(65536, ge=1, le=1 << 24)
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Tcp:
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None
+    server_name: str | None
+    send: bytes | None
+    expect: re.Pattern[bytes] | None
+    family: int
+    max_read_bytes: int
+
+
+def prepare(s: TcpSettings, base_dir: Path) -> Tcp:
+    host, port = split_address(s.address)
+    expect = None
+    if s.expect is not None:
+        try:
+            expect = re.compile(s.expect.encode())
+        except re.error as exc:
+            raise SettingError("expect", f"invalid regular expression: {exc}") from None
+    return Tcp(
+        host=host,
+        port=port,
+        ssl=client_context(s.tls_config, base_dir, "tls_config") if s.tls else None,
+        server_name=s.tls_config.server_name or host,
+        send=s.send.encode().decode("unicode_escape").encode("latin-1") if s.send else None,
+        expect=expect,
+        family=_FAMILIES[s.ip_family],
+        max_read_bytes=s.max_read_bytes,
+    )
+
+
+async def run(p: Tcp, ctx: ProbeContext) -> None:
+    loop = asyncio.get_running_loop()
+    with ctx.phase("dns"):
+        try:
+            infos = await loop.getaddrinfo(p.host, p.port, family=p.family, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ProbeFailure(Reason.DNS, f"cannot resolve {p.host}: {exc.strerror}") from None
+    family, type_, proto, _, addr = infos[0]
+    ctx.log(f"connecting to {addr[0]!s} port {addr[1]!s}")
+    sock = socket.socket(family, type_, proto)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        sock.setblocking(False)
+        with ctx.phase("connect"):
+            try:
+                await loop.sock_connect(sock, addr)
+            except OSError as exc:
+                raise ProbeFailure(Reason.CONNECT, f"cannot connect: {exc.strerror}") from None
+        with ctx.phase("tls") if p.ssl is not None else _null():
+            try:
+                reader, writer = await asyncio.open_connection(
+                    sock=sock,
+                    ssl=p.ssl,
+                    server_hostname=p.server_name if p.ssl is not None else None,
+                    limit=p.max_read_bytes,
+                )
+            except ssl.SSLError as exc:
+                raise ProbeFailure(Reason.TLS, f"TLS handshake failed: {exc.reason}") from None
+            except OSError as exc:
+                raise ProbeFailure(Reason.RESET, f"connection lost: {exc.strerror}") from None
+        if p.ssl is not None:
+            not_after = peer_cert_not_after(writer.get_extra_info("ssl_object"))
+            if not_after is not None:
+                ctx.gauges[TLS_NOT_AFTER.name] = not_after
+        if p.send is not None or p.expect is not None:
+            with ctx.phase("expect"):
+                await _exchange(p, reader, writer)
+    finally:
+        if writer is not None:
+            # abort(): a graceful TLS close could wait on a hostile peer.
+            writer.transport.abort()
+        else:
+            sock.close()
+
+
+async def _exchange(p: Tcp, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        if p.send is not None:
+            writer.write(p.send)
+            await writer.drain()
+        if p.expect is None:
+            return
+        data = b""
+        while len(data) < p.max_read_bytes:
+            chunk = await reader.read(p.max_read_bytes - len(data))
+            if not chunk:
+                break
+            data += chunk
+            if p.expect.search(data):
+                return
+    except OSError as exc:
+        raise ProbeFailure(Reason.RESET, f"connection lost: {exc.strerror}") from None
+    pattern = p.expect.pattern.decode(errors="replace") if p.expect else ""
+    raise ProbeFailure(Reason.EXPECT, f"response does not match {pattern!r}")
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def describe(s: TcpSettings) -> str:
+    return f"tcp{'+tls' if s.tls else ''} {s.address}"
+
+
+KIND = register(
+    ProbeKind(
+        name="tcp",
+        settings=TcpSettings,
+        prepare=prepare,
+        run=run,
+        reasons=(
+            Reason.TIMEOUT,
+            Reason.DNS,
+            Reason.CONNECT,
+            Reason.TLS,
+            Reason.RESET,
+            Reason.EXPECT,
+            Reason.ERROR,
+        ),
+        phases=("dns", "connect", "tls", "expect"),
+        describe=describe,
+    )
+)

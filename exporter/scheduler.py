@@ -1,0 +1,257 @@
+"""Runs every target on its own interval, spread across the interval, with a global cap.
+
+Probes run on the exporter's schedule, not on scrape: ranking needs latency distributions filled
+at a steady rate, and counters survive missed scrapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Iterable
+
+from exporter.config import Config, Target
+from exporter.metrics import Reason, SelfMetrics, SkipReason
+from exporter.probes import REGISTRY, ProbeContext, ProbeFailure
+from exporter.resources import Resources
+from exporter.state import Result, TargetState
+
+log = logging.getLogger("exporter.scheduler")
+
+# Window over which the exporter judges itself overloaded.
+OVERLOAD_WINDOW = 30
+LAG_PERIOD = 0.25
+
+
+def phase_offset(target: Target) -> float:
+    """Deterministic offset within the interval: no burst at start, stable across reloads."""
+    digest = hashlib.blake2b("\0".join(target.key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 * target.interval
+
+
+class Scheduler:
+    def __init__(self, self_metrics: SelfMetrics, resources: Resources) -> None:
+        self.metrics = self_metrics
+        self.resources = resources
+        self.states: dict[tuple[str, str, str], TargetState] = {}
+        self.targets: dict[tuple[str, str, str], Target] = {}
+        self._tasks: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self._monitor: asyncio.Task[None] | None = None
+        self._sem = asyncio.Semaphore(1)
+        self._max_concurrency = 1
+        self._in_flight = 0
+        self.overload_delay = 0.05
+        self.recent: collections.deque[Result] = collections.deque(maxlen=100)
+        # Failures are kept longer than successes: they are what an operator comes to look at.
+        self.recent_failures: collections.deque[Result] = collections.deque(maxlen=200)
+        # Per second: [probes started, probes started late, loop lag samples over budget].
+        self._window: collections.deque[list[int]] = collections.deque(maxlen=OVERLOAD_WINDOW)
+        self._window_second = 0
+        self._stopping = False
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def apply(self, config: Config) -> None:
+        """Switch to a new config: unchanged targets keep running and keep their series."""
+        if config.max_concurrency != self._max_concurrency:
+            # Probes holding the old semaphore release it; new ones take the new one.
+            self._sem = asyncio.Semaphore(config.max_concurrency)
+            self._max_concurrency = config.max_concurrency
+        self.metrics.max_concurrency.set(config.max_concurrency)
+        self.overload_delay = config.overload_delay
+        wanted = {t.key: t for t in config.targets}
+        for key in list(self.targets):
+            if key not in wanted:
+                self._stop_target(key)
+                del self.states[key]
+                del self.targets[key]
+        for key, target in wanted.items():
+            old = self.targets.get(key)
+            if old == target:
+                continue
+            if old is not None:
+                self._stop_target(key)
+            state = self.states.get(key)
+            if state is None or state.target.labels != target.labels:
+                self.states[key] = TargetState(target, REGISTRY[target.kind].reasons)
+            else:
+                state.retarget(target)
+            self.targets[key] = target
+            self._tasks[key] = asyncio.create_task(self._run_target(target), name=target.name)
+        self.metrics.targets.clear()
+        per_vantage = collections.Counter(t.vantage for t in config.targets)
+        for vantage, count in per_vantage.items():
+            self.metrics.targets.labels(vantage=vantage).set(count)
+        if self._monitor is None:
+            self._monitor = asyncio.create_task(self._watch_loop(), name="loop-lag")
+
+    def _stop_target(self, key: tuple[str, str, str]) -> None:
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    async def stop(self) -> None:
+        """Cancel every probe and background task and wait for them all."""
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        if self._monitor is not None:
+            tasks.append(self._monitor)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._monitor = None
+
+    @property
+    def task_count(self) -> int:
+        return sum(1 for t in self._tasks.values() if not t.done())
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _run_target(self, target: Target) -> None:
+        loop = asyncio.get_running_loop()
+        interval = target.interval
+        offset = phase_offset(target)
+        now = loop.time()
+        slot = offset + math.ceil((now - offset) / interval) * interval
+        while True:
+            await asyncio.sleep(slot - loop.time())
+            await self._scheduled_run(target, slot)
+            slot += interval
+            now = loop.time()
+            if now > slot:
+                # The run overran one or more slots: they are skipped, never run late and
+                # never run twice at once.
+                missed = math.ceil((now - slot) / interval)
+                self.metrics.skipped.labels(reason=SkipReason.OVERRUN.value).inc(missed)
+                slot += missed * interval
+
+    async def _scheduled_run(self, target: Target, slot: float) -> None:
+        loop = asyncio.get_running_loop()
+        sem = self._sem
+        try:
+            async with asyncio.timeout(target.timeout):
+                await sem.acquire()
+        except TimeoutError:
+            self.metrics.skipped.labels(reason=SkipReason.CONCURRENCY.value).inc()
+            log.warning("probe skipped: concurrency limit full", extra={"target": target.name})
+            return
+        try:
+            delay = max(0.0, loop.time() - slot)
+            self.metrics.start_delay.observe(delay)
+            self._count_start(delay)
+            result = await self.probe(target)
+            state = self.states.get(target.key)
+            if state is None or state.target is not target:
+                return
+            previous = state.last
+            state.record(result)
+            self._remember(result, previous)
+        finally:
+            sem.release()
+
+    async def probe(self, target: Target) -> Result:
+        """Run one probe of `target` under its timeout and return the result (no metrics)."""
+        kind = REGISTRY[target.kind]
+        ctx = ProbeContext(self.resources)
+        started = time.time()
+        reason: str | None = None
+        message = "ok"
+        self._in_flight += 1
+        self.metrics.in_flight.set(self._in_flight)
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(target.timeout):
+                await kind.run(target.prepared, ctx)
+        except ProbeFailure as failure:
+            reason, message = failure.reason.value, failure.message
+        except TimeoutError:
+            reason = Reason.TIMEOUT.value
+            message = f"no result within the timeout ({target.timeout:g}s)"
+        except Exception as exc:
+            reason = Reason.ERROR.value
+            message = f"internal error: {type(exc).__name__}"
+            log.exception("probe raised", extra={"target": target.name})
+        finally:
+            duration = time.perf_counter() - t0
+            self._in_flight -= 1
+            self.metrics.in_flight.set(self._in_flight)
+        ctx.log(message if reason is None else f"failed ({reason}): {message}")
+        return Result(
+            target=target,
+            started=started,
+            duration=duration,
+            success=reason is None,
+            reason=reason,
+            message=message,
+            status_code=ctx.status_code,
+            phases=ctx.phases,
+            debug=ctx.debug,
+            gauges=ctx.gauges,
+            observations=ctx.observations,
+        )
+
+    def _remember(self, result: Result, previous: Result | None) -> None:
+        self.recent.append(result)
+        if not result.success:
+            self.recent_failures.append(result)
+        was_ok = previous is None or previous.success
+        if was_ok and not result.success:
+            log.warning(
+                "target failing",
+                extra={
+                    "target": result.target.name,
+                    "reason": result.reason,
+                    "error": result.message,
+                },
+            )
+        elif not was_ok and result.success:
+            log.info("target recovered", extra={"target": result.target.name})
+
+    # -- self-measurement ------------------------------------------------------------------
+
+    def _bucket(self) -> list[int]:
+        second = int(time.monotonic())
+        if second != self._window_second or not self._window:
+            self._window_second = second
+            self._window.append([0, 0, 0])
+        return self._window[-1]
+
+    def _count_start(self, delay: float) -> None:
+        bucket = self._bucket()
+        bucket[0] += 1
+        if delay > self.overload_delay:
+            bucket[1] += 1
+
+    async def _watch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_PERIOD)
+            lag = max(0.0, loop.time() - before - LAG_PERIOD)
+            self.metrics.loop_lag.observe(lag)
+            bucket = self._bucket()
+            if lag > self.overload_delay:
+                bucket[2] += 1
+            self.metrics.overloaded.set(1 if self.overloaded() else 0)
+
+    def overloaded(self) -> bool:
+        """More than 1 % of probes started late, or the loop stalled twice, in the window."""
+        started = sum(b[0] for b in self._window)
+        late = sum(b[1] for b in self._window)
+        stalls = sum(b[2] for b in self._window)
+        return stalls >= 2 or (started >= 20 and late > started / 100)
+
+    def snapshot(self) -> list[TargetState]:
+        return list(self.states.values())
+
+    def find(self, name: str, vantage: str | None = None) -> list[Target]:
+        return [t for t in self.targets.values() if t.name == name and vantage in (None, t.vantage)]
+
+
+def sorted_targets(targets: Iterable[Target]) -> list[Target]:
+    return sorted(targets, key=lambda t: (t.service, t.region, t.image, t.name, t.vantage))

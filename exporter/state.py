@@ -1,0 +1,122 @@
+"""Per-target metric state, written by the scheduler and read by /metrics and the status page.
+
+Plain Python objects instead of prometheus_client children: the renderer turns them into text
+in chunks, so a scrape of thousands of targets does not freeze the event loop.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import time
+
+from exporter import metrics
+from exporter.config import Target
+from exporter.metrics import Reason
+
+
+class Histogram:
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+@dataclasses.dataclass
+class Result:
+    """One finished probe, kept for the status page and /probe."""
+
+    target: Target
+    started: float
+    duration: float
+    success: bool
+    reason: str | None
+    message: str
+    status_code: int | None
+    phases: dict[str, float]
+    debug: list[str]
+    gauges: dict[str, float] = dataclasses.field(default_factory=dict)
+    observations: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    return ",".join(f'{n}="{escape_label(v)}"' for n, v in zip(names, values, strict=True))
+
+
+class TargetState:
+    """Everything exposed for one target. Survives reloads while the target's labels stay."""
+
+    __slots__ = (
+        "failures",
+        "gauges",
+        "histograms",
+        "labels",
+        "last",
+        "phases",
+        "probes",
+        "recent",
+        "target",
+    )
+
+    def __init__(self, target: Target, reasons: tuple[Reason, ...]) -> None:
+        self.target = target
+        self.labels = label_text(metrics.TARGET_LABELS, target.labels)
+        self.probes = 0
+        # Every reason this kind can report starts at 0, so rate() and increase() see the first
+        # failure instead of a series appearing out of nowhere.
+        self.failures: dict[str, int] = {r.value: 0 for r in reasons}
+        self.gauges: dict[str, float] = {metrics.PROBE_INTERVAL.name: target.interval}
+        self.phases: dict[str, float] = {}
+        self.histograms: dict[str, Histogram] = {
+            metrics.PROBE_DURATION.name: Histogram(metrics.PROBE_DURATION.buckets)
+        }
+        self.recent: collections.deque[float] = collections.deque(maxlen=120)
+        self.last: Result | None = None
+
+    def retarget(self, target: Target) -> None:
+        self.target = target
+        self.gauges[metrics.PROBE_INTERVAL.name] = target.interval
+
+    def record(self, result: Result) -> None:
+        self.probes += 1
+        self.last = result
+        self.phases = result.phases
+        g = self.gauges
+        g[metrics.PROBE_SUCCESS.name] = 1.0 if result.success else 0.0
+        g.update(result.gauges)
+        for name, value in result.observations:
+            self.observe(name, value)
+        if result.status_code is not None:
+            g[metrics.HTTP_STATUS.name] = float(result.status_code)
+        if result.success:
+            self.histograms[metrics.PROBE_DURATION.name].observe(result.duration)
+            g[metrics.PROBE_LAST_SUCCESS.name] = time.time()
+            self.recent.append(result.duration)
+        elif result.reason is not None:
+            self.failures[result.reason] = self.failures.get(result.reason, 0) + 1
+
+    def observe(self, name: str, value: float) -> None:
+        """Observe a kind-specific histogram from the catalogue (e.g. cold start)."""
+        hist = self.histograms.get(name)
+        if hist is None:
+            hist = self.histograms[name] = Histogram(metrics.BY_NAME[name].buckets)
+        hist.observe(value)
+
+    def quantile(self, q: float) -> float | None:
+        if not self.recent:
+            return None
+        data = sorted(self.recent)
+        return data[min(len(data) - 1, int(q * len(data)))]

@@ -1,0 +1,253 @@
+"""HTTP handlers: /metrics, the status page, /probe, health, readiness and reload."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import html
+import time
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from exporter import __version__, exposition
+from exporter.config import Target
+from exporter.engine import Engine
+from exporter.metrics import Role
+from exporter.probes import REGISTRY
+from exporter.state import Result, TargetState
+
+ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+PROBE_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("probe_slots", asyncio.Semaphore)
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/", status_page),
+        web.get("/metrics", metrics),
+        web.get("/probe", probe),
+        web.get("/-/healthy", healthy),
+        web.get("/-/ready", ready),
+        web.post("/-/reload", reload),
+    ]
+
+
+async def metrics(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    regions = engine.config.regions if engine.config else ()
+    body = await exposition.render(engine.scheduler.snapshot(), regions, engine.registry)
+    resp = web.Response(body=body, headers={"Content-Type": exposition.CONTENT_TYPE})
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        resp.enable_compression()
+    return resp
+
+
+async def healthy(_request: web.Request) -> web.Response:
+    return web.Response(text="Healthy\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[ENGINE].config is None:
+        return web.Response(status=503, text="Not ready: no config loaded\n")
+    return web.Response(text="Ready\n")
+
+
+async def reload(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    if engine.reload():
+        return web.Response(text="config reloaded\n")
+    errors = "\n".join(engine.last_reload_errors)
+    return web.Response(status=500, text=f"config reload failed, previous config kept:\n{errors}\n")
+
+
+async def probe(request: web.Request) -> web.Response:
+    """Run one configured target now. Only configured names: this never probes a given URL."""
+    engine = request.app[ENGINE]
+    name = request.query.get("target")
+    if not name:
+        return web.Response(status=400, text="missing ?target=NAME (a configured target)\n")
+    matches = engine.scheduler.find(name, request.query.get("vantage"))
+    if not matches:
+        return web.Response(status=404, text="unknown target (only configured targets)\n")
+    if len(matches) > 1:
+        vantages = ", ".join(sorted(t.vantage for t in matches))
+        return web.Response(status=400, text=f"ambiguous target; add &vantage= ({vantages})\n")
+    slots = request.app[PROBE_SLOTS]
+    if slots.locked():
+        return web.Response(status=429, text="too many /probe requests in flight\n")
+    async with slots:
+        result = await engine.scheduler.probe(matches[0])
+    text = _probe_exposition(result)
+    if request.query.get("debug", "").lower() in ("1", "true", "yes"):
+        lines = "\n".join(result.debug)
+        text = f"Logs for the probe:\n{lines}\n\nMetrics that would have been returned:\n{text}"
+        return web.Response(text=text)
+    return web.Response(body=text.encode(), headers={"Content-Type": exposition.CONTENT_TYPE})
+
+
+def _probe_exposition(r: Result) -> str:
+    t = r.target
+    state = TargetState(t, REGISTRY[t.kind].reasons)
+    state.gauges.clear()
+    state.record(r)
+    lines = [
+        "# HELP failover_probe_success 1 if this probe succeeded.",
+        "# TYPE failover_probe_success gauge",
+        f"failover_probe_success{{{state.labels}}} {int(r.success)}",
+        "# HELP failover_probe_duration_seconds Duration of this probe.",
+        "# TYPE failover_probe_duration_seconds gauge",
+        f"failover_probe_duration_seconds{{{state.labels}}} {exposition.fmt(r.duration)}",
+        "# HELP failover_probe_phase_duration_seconds Duration of each phase of this probe.",
+        "# TYPE failover_probe_phase_duration_seconds gauge",
+    ]
+    lines += [
+        f'failover_probe_phase_duration_seconds{{{state.labels},phase="{p}"}} {exposition.fmt(v)}'
+        for p, v in r.phases.items()
+    ]
+    if r.status_code is not None:
+        lines += [
+            "# HELP failover_http_status_code HTTP status code of this probe.",
+            "# TYPE failover_http_status_code gauge",
+            f"failover_http_status_code{{{state.labels}}} {r.status_code}",
+        ]
+    if r.reason:
+        lines += [
+            "# HELP failover_probe_failure_info Why this probe failed, value 1.",
+            "# TYPE failover_probe_failure_info gauge",
+            f'failover_probe_failure_info{{{state.labels},reason="{r.reason}"}} 1',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# -- status page ---------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}
+.ok{background:#d8f5d0}.fail{background:#f9d0d0}.partial{background:#fbecc0}.none{color:#888}
+pre{margin:0;font-size:85%;white-space:pre-wrap}
+small{color:#555}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _cell(states: list[TargetState]) -> str:
+    if not states:
+        return '<td class="none">not probed</td>'
+    done = [s for s in states if s.last is not None]
+    ok = sum(1 for s in done if s.last is not None and s.last.success)
+    if not done:
+        css, verdict = "none", "pending"
+    elif ok == len(done):
+        css, verdict = "ok", "healthy"
+    elif ok == 0:
+        css, verdict = "fail", "failing"
+    else:
+        css, verdict = "partial", "partial"
+    samples = sorted(d for s in states for d in s.recent)
+    p50 = samples[len(samples) // 2] if samples else None
+    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))] if samples else None
+    reasons = sorted({s.last.reason for s in done if s.last is not None and s.last.reason})
+    why = f"<br><small>{_e(', '.join(reasons))}</small>" if reasons else ""
+    return (
+        f'<td class="{css}" data-verdict="{verdict}"><b>{verdict}</b> '
+        f"<small>{ok}/{len(done)} vantages</small><br>"
+        f"p50 {_ms(p50)} · p95 {_ms(p95)}{why}</td>"
+    )
+
+
+def _matrix(engine: Engine) -> Iterable[str]:
+    cfg = engine.config
+    if cfg is None:
+        return
+    by_cell: dict[tuple[str, str, str], list[TargetState]] = collections.defaultdict(list)
+    for st in engine.scheduler.snapshot():
+        t = st.target
+        by_cell[(t.service, t.region, t.image)].append(st)
+    for service in cfg.services:
+        regions = sorted((r for r in cfg.regions if r.service == service), key=lambda r: r.priority)
+        images = [i for i in cfg.images if i.service == service]
+        yield f"<h2>Service {_e(service)}</h2>"
+        yield '<table class="matrix"><tr><th>region</th>'
+        yield "".join(f"<th>{_e(i.name)}</th>" for i in images) + "</tr>"
+        for r in regions:
+            yield f"<tr><th>{_e(r.name)} <small>{_e(r.role)} · priority {r.priority}</small></th>"
+            yield "".join(_cell(by_cell.get((service, r.name, i.name), [])) for i in images)
+            yield "</tr>"
+        yield "</table>"
+    controls = [s for s in engine.scheduler.snapshot() if s.target.role == Role.CONTROL]
+    if controls:
+        yield "<h2>Control targets</h2><table>"
+        yield "<tr><th>vantage</th><th>target</th><th>state</th></tr>"
+        for st in controls:
+            t = st.target
+            yield f"<tr><td>{_e(t.vantage)}</td><td>{_e(t.name)}</td>{_cell([st])}</tr>"
+        yield "</table>"
+
+
+def _describe(t: Target) -> str:
+    return REGISTRY[t.kind].describe(t.settings)
+
+
+def _results(title: str, results: Iterable[Result]) -> Iterable[str]:
+    yield f"<h2>{_e(title)}</h2><table><tr><th>time</th><th>target</th><th>vantage</th>"
+    yield "<th>probe</th><th>result</th><th>duration</th><th>message</th><th>debug</th></tr>"
+    for r in results:
+        t = r.target
+        when = time.strftime("%H:%M:%S", time.localtime(r.started))
+        css = "ok" if r.success else "fail"
+        verdict = "success" if r.success else _e(r.reason)
+        lines = _e("\n".join(r.debug))
+        yield (
+            f"<tr><td>{when}</td><td>{_e(t.name)}</td><td>{_e(t.vantage)}</td>"
+            f'<td>{_e(t.kind)}: {_e(_describe(t))}</td><td class="{css}">{verdict}</td>'
+            f"<td>{_ms(r.duration)}</td><td>{_e(r.message)}</td>"
+            f"<td><details><summary>log</summary><pre>{lines}</pre></details></td></tr>"
+        )
+    yield "</table>"
+
+
+async def status_page(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    cfg = engine.config
+    vantages = sorted({t.vantage for t in cfg.targets}) if cfg else []
+    reload_note = ""
+    if engine.last_reload_errors:
+        items = "".join(f"<li>{_e(e)}</li>" for e in engine.last_reload_errors)
+        reload_note = (
+            f'<div class="fail"><b>Last reload failed</b> (old config kept):<ul>{items}</ul></div>'
+        )
+    overloaded = ""
+    if engine.scheduler.overloaded():
+        overloaded = (
+            '<p class="fail">Exporter overloaded: latency figures include its own delays.</p>'
+        )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>failover_exporter</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>failover_exporter <small>{_e(__version__)}</small></h1>",
+        f"<p>Vantage: {_e(', '.join(vantages))} · config {_e(cfg.digest if cfg else 'none')} · ",
+        '<a href="metrics">metrics</a> · <a href="-/healthy">health</a></p>',
+        reload_note,
+        overloaded,
+        *_matrix(engine),
+        *_results("Recent failures", reversed(engine.scheduler.recent_failures)),
+        *_results("Recent probes", reversed(engine.scheduler.recent)),
+        "</body></html>",
+    ]
+    return web.Response(text="".join(parts), content_type="text/html", headers=_PAGE_HEADERS)
