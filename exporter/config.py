@@ -227,6 +227,8 @@ def _semantic_issues(src: _Source) -> Iterator[ConfigIssue]:
                 yield src.issue((*loc, "name"), f"target name {name!r} is already used at {first}")
             else:
                 target_names[name] = loc
+        if "interval" not in item and "timeout" not in item:
+            return  # inherits the defaults, which are checked once
         interval = _duration(item["interval"]) if "interval" in item else default_interval
         timeout = _duration(item["timeout"]) if "timeout" in item else default_timeout
         if interval is not None and timeout is not None and timeout >= interval:

@@ -85,18 +85,23 @@ class SecretSource(Model):
             raise ValueError("set exactly one of env or file")
         return self
 
-    def resolve(self) -> SecretStr:
-        """Read the secret now. Raises ValueError with a message that never contains it."""
+    def resolve(self, base_dir: Path | None = None) -> SecretStr:
+        """Read the secret now. Raises ValueError with a message that never contains it.
+
+        A relative file is read from `base_dir`, the config file's directory.
+        """
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
                 raise ValueError(f"environment variable {self.env} is not set")
             return SecretStr(value)
         assert self.file is not None
+        path = self.file if base_dir is None else base_dir / self.file
         try:
-            return SecretStr(self.file.read_text().rstrip("\n"))
-        except OSError as exc:
-            raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+            return SecretStr(path.read_text().rstrip("\n"))
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"cannot read secret file {path}: {why}") from None
 
 
 class SettingError(ValueError):

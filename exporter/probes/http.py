@@ -6,6 +6,7 @@ A new connection per probe by default, so connect and TLS time are measured ever
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import dataclasses
 import os
@@ -98,11 +99,11 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
     auth: SecretStr | None = None
     try:
         if s.basic_auth is not None:
-            password = s.basic_auth.password.resolve().get_secret_value()
-            token = aiohttp.BasicAuth(s.basic_auth.username, password).encode()
-            auth = SecretStr(token)
+            password = s.basic_auth.password.resolve(base_dir).get_secret_value()
+            pair = f"{s.basic_auth.username}:{password}".encode()
+            auth = SecretStr("Basic " + base64.b64encode(pair).decode())
         elif s.bearer_token is not None:
-            auth = SecretStr("Bearer " + s.bearer_token.resolve().get_secret_value())
+            auth = SecretStr("Bearer " + s.bearer_token.resolve(base_dir).get_secret_value())
     except ValueError as exc:
         field = "basic_auth.password" if s.basic_auth else "bearer_token"
         raise SettingError(field, str(exc)) from None

@@ -1,0 +1,254 @@
+"""Config loading: valid files, and every validation rule with its exact error text."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from exporter import config
+from exporter.config import ConfigError
+from exporter.fields import format_duration, parse_duration
+from exporter.probes import REGISTRY
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "config.yml"
+BASE = """\
+vantage: eu
+services:
+  - name: shop
+    regions:
+      - {name: eu, role: primary, priority: 1}
+      - {name: us, role: standby, priority: 2}
+    images:
+      - {name: slim, ref: example/shop:slim}
+    targets:
+      - name: eu-slim
+        region: eu
+        image: slim
+        probe: {kind: http, url: "http://127.0.0.1:1/healthz"}
+"""
+
+
+def errors(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "c.yml"
+    path.write_text(textwrap.dedent(text))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    return [str(i).replace(str(path), "c.yml") for i in info.value.issues]
+
+
+class TestDurations:
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [("5s", 5.0), ("250ms", 0.25), ("1m30s", 90.0), ("1h", 3600.0), (2, 2.0), (0.5, 0.5)],
+    )
+    def test_valid(self, text: str | float, seconds: float) -> None:
+        assert parse_duration(text) == seconds
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("5", "'5' is not a duration"),
+            ("5 s", "'5 s' is not a duration"),
+            ("s5", "'s5' is not a duration"),
+            ("", "'' is not a duration"),
+            (0, "must be greater than 0"),
+            ("0s", "must be greater than 0"),
+            (True, "must be a duration"),
+            ([1], "must be a duration"),
+        ],
+    )
+    def test_invalid(self, text: object, message: str) -> None:
+        with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+            parse_duration(text)
+
+    @pytest.mark.parametrize(("seconds", "text"), [(5.0, "5s"), (0.25, "250ms"), (1.5, "1.5s")])
+    def test_format(self, seconds: float, text: str) -> None:
+        assert format_duration(seconds) == text
+
+
+class TestValid:
+    def test_minimal(self, tmp_path: Path) -> None:
+        (tmp_path / "c.yml").write_text(BASE)
+        cfg = config.load(tmp_path / "c.yml")
+        assert cfg.vantage == "eu"
+        (target,) = cfg.targets
+        assert (target.service, target.region, target.role, target.image) == (
+            "shop",
+            "eu",
+            "primary",
+            "slim",
+        )
+        assert (target.interval, target.timeout) == (5.0, 2.0)
+        assert target.labels == ("shop", "eu", "primary", "slim", "eu-slim", "http", "eu")
+        assert [(r.name, r.role, r.priority) for r in cfg.regions] == [
+            ("eu", "primary", 1),
+            ("us", "standby", 2),
+        ]
+
+    def test_example_file_is_valid(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SHOP_PROBE_TOKEN", "s3cret-token")
+        cfg = config.load(EXAMPLE)
+        assert cfg.vantage == "eu-west"
+        assert {t.kind for t in cfg.targets} == {"http", "tcp"}
+        control = [t for t in cfg.targets if t.role == "control"]
+        assert [t.name for t in control] == ["control-eu-west"]
+        assert control[0].service == control[0].region == control[0].image == ""
+        us = next(t for t in cfg.targets if t.name == "us-east-slim")
+        assert (us.interval, us.timeout) == (10.0, 3.0)
+
+    def test_secret_not_in_repr(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("TOKEN", "hunter2-secret")
+        text = BASE.replace(
+            'url: "http://127.0.0.1:1/healthz"}',
+            'url: "http://127.0.0.1:1/healthz", bearer_token: {env: TOKEN}}',
+        )
+        (tmp_path / "c.yml").write_text(text)
+        cfg = config.load(tmp_path / "c.yml")
+        assert "hunter2" not in repr(cfg)
+        assert "hunter2" not in str(cfg.targets[0].prepared)
+
+    def test_secret_from_file(self, tmp_path: Path) -> None:
+        (tmp_path / "pw").write_text("filepass\n")
+        text = BASE.replace(
+            'url: "http://127.0.0.1:1/healthz"}',
+            'url: "http://127.0.0.1:1/healthz", basic_auth: {username: u, password: {file: pw}}}',
+        )
+        (tmp_path / "c.yml").write_text(text)
+        prepared = config.load(tmp_path / "c.yml").targets[0].prepared
+        assert prepared.auth_header.get_secret_value() == "Basic dTpmaWxlcGFzcw=="
+
+
+# (description, config text, exact errors). Line numbers point at the offending key or value.
+INVALID = [
+    (
+        "unknown top-level key, and a typo inside a target",
+        BASE + "scrape: yes\n",
+        ["c.yml:14: scrape: unknown key"],
+    ),
+    (
+        "missing vantage and unknown probe key",
+        BASE.replace("vantage: eu\n", "").replace('url: "http', 'uri: "http'),
+        [
+            "c.yml:1: vantage: required key is missing",
+            "c.yml:12: services[0].targets[0].probe.uri: unknown key",
+            "c.yml:12: services[0].targets[0].probe.url: required key is missing",
+        ],
+    ),
+    (
+        "timeout not below interval, on a target and in defaults",
+        BASE.replace("vantage: eu\n", "vantage: eu\ndefaults: {interval: 2s, timeout: 2s}\n")
+        + "      - {name: b, region: eu, image: slim, interval: 1s, timeout: 1500ms,"
+        " probe: {kind: tcp, address: 'h:1'}}\n",
+        [
+            "c.yml:2: defaults.timeout: must be below interval (2s)",
+            "c.yml:15: services[0].targets[1].timeout: timeout (1.5s) must be below interval (1s)",
+        ],
+    ),
+    (
+        "references to unknown region and image",
+        BASE.replace(
+            "        region: eu\n        image: slim", "        region: mars\n        image: fat"
+        ),
+        [
+            "c.yml:11: services[0].targets[0].region: unknown region 'mars' (known: eu, us)",
+            "c.yml:12: services[0].targets[0].image: unknown image 'fat' (known: slim)",
+        ],
+    ),
+    (
+        "duplicate names, two primaries, duplicate priority",
+        BASE.replace(
+            "{name: us, role: standby, priority: 2}", "{name: eu, role: primary, priority: 1}"
+        )
+        + "      - {name: eu-slim, region: eu, image: slim, probe: {kind: tcp, address: 'h:1'}}\n",
+        [
+            "c.yml:6: services[0].regions[1].name: region name 'eu' is already used",
+            "c.yml:6: services[0].regions[1].priority: priority 1 is already used by region 'eu'",
+            "c.yml:6: services[0].regions[1].role: only one region per service may be primary",
+            "c.yml:14: services[0].targets[1].name: target name 'eu-slim' is already used at "
+            "services[0].targets[0]",
+        ],
+    ),
+    (
+        "no primary region",
+        BASE.replace("role: primary", "role: standby"),
+        ["c.yml:4: services[0].regions: exactly one region must have role primary"],
+    ),
+    (
+        "bad values: role, priority, duration, url scheme, probe kind",
+        BASE.replace("role: standby", "role: backup")
+        .replace("priority: 2", "priority: 0")
+        .replace("        image: slim\n", "        image: slim\n        interval: soon\n", 1)
+        .replace('url: "http://127.0.0.1:1/healthz"', 'url: "ftp://x/"')
+        + "      - {name: c, region: eu, image: slim, probe: {kind: smtp}}\n",
+        [
+            "c.yml:6: services[0].regions[1].priority: Input should be greater than or equal to 1",
+            "c.yml:6: services[0].regions[1].role: Input should be 'primary' or 'standby'",
+            "c.yml:13: services[0].targets[0].interval: 'soon' is not a duration "
+            "(use e.g. 5s, 250ms, 1m30s)",
+            "c.yml:14: services[0].targets[0].probe.url: "
+            "must be an absolute http:// or https:// URL",
+            "c.yml:15: services[0].targets[1].probe.kind: unknown probe kind 'smtp' (known: "
+            + ", ".join(sorted(REGISTRY))
+            + ")",
+        ],
+    ),
+    (
+        "credentials inline in the URL, secret env missing, bad regex",
+        BASE.replace('"http://127.0.0.1:1/healthz"', '"http://u:pw@h/"')
+        + "      - name: d\n        region: eu\n        image: slim\n"
+        "        probe: {kind: http, url: 'http://h/', bearer_token: {env: NOPE_NOT_SET_X}}\n"
+        "      - name: e\n        region: eu\n        image: slim\n"
+        "        probe: {kind: http, url: 'http://h/', body_must_match: ['ok', '(']}\n",
+        [
+            "c.yml:13: services[0].targets[0].probe.url: must not contain credentials; "
+            "use basic_auth with env or file",
+        ],
+    ),
+    (
+        "YAML syntax error",
+        "vantage: eu\nservices: [\n  {name: x\n",
+        ["c.yml:4: YAML syntax error: expected ',' or '}', but got '<stream end>'"],
+    ),
+    (
+        "duplicate YAML keys",
+        BASE.replace("vantage: eu\n", "vantage: eu\nvantage: us\n"),
+        ["c.yml:2: vantage: duplicate key"],
+    ),
+    (
+        "not a mapping",
+        "- a\n- b\n",
+        ["c.yml:1: the config must be a mapping (vantage, services, …)"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_invalid(tmp_path: Path, text: str, expected: list[str]) -> None:
+    assert errors(tmp_path, text) == expected
+
+
+def test_prepare_errors_reported_after_schema_passes(tmp_path: Path) -> None:
+    text = (
+        BASE + "      - name: d\n        region: eu\n        image: slim\n"
+        "        probe: {kind: http, url: 'http://h/', bearer_token: {env: NOPE_NOT_SET_X}}\n"
+        "      - name: e\n        region: eu\n        image: slim\n"
+        "        probe: {kind: http, url: 'http://h/', body_must_match: ['ok', '(']}\n"
+    )
+    assert errors(tmp_path, text) == [
+        "c.yml:17: services[0].targets[1].probe.bearer_token: "
+        "environment variable NOPE_NOT_SET_X is not set",
+        "c.yml:21: services[0].targets[2].probe.body_must_match[1]: "
+        "invalid regular expression: missing ), unterminated subpattern at position 0",
+    ]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path / "absent.yml")
+    assert (
+        str(info.value) == f"{tmp_path}/absent.yml: cannot read config: No such file or directory"
+    )
