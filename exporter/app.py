@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
@@ -27,7 +27,9 @@ async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
         await engine.aclose()
 
 
-def make_app(engine: Engine, config: Config) -> web.Application:
+def make_app(
+    engine: Engine, config: Config, extra_routes: Sequence[web.RouteDef] = ()
+) -> web.Application:
     app = web.Application(
         client_max_size=MAX_REQUEST_BODY,
         handler_args={"max_line_size": 8190, "max_field_size": 8190},
@@ -35,6 +37,6 @@ def make_app(engine: Engine, config: Config) -> web.Application:
     app[handlers.ENGINE] = engine
     app[INITIAL_CONFIG] = config
     app[handlers.PROBE_SLOTS] = asyncio.Semaphore(PROBE_CONCURRENCY)
-    app.add_routes(handlers.routes())
+    app.add_routes([*handlers.routes(), *extra_routes])
     app.cleanup_ctx.append(_engine_lifetime)
     return app

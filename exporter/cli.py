@@ -21,7 +21,7 @@ from exporter.config import Config, ConfigError
 from exporter.engine import Engine
 
 DEFAULT_LISTEN = ":10077"
-COMMANDS = ("run", "check-config", "demo")
+COMMANDS = ("run", "check-config", "demo", "drill")
 log = logging.getLogger("exporter")
 
 
@@ -75,7 +75,53 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="take the primary region down after this many seconds",
     )
+    _drill_parser(sub.add_parser("drill", help="inject a primary outage, time detect/alert/page"))
     return top
+
+
+def _drill_parser(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Inject a primary-region outage (a command you give: stop its containers, flip a "
+        "firewall rule, ...) and measure time to detect (probes fail), time to alert (firing "
+        "in Prometheus) and time to page (Alertmanager notifies the drill's webhook), then "
+        "recovery. Point an Alertmanager webhook receiver at --webhook.listen-address."
+    )
+    p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
+    p.add_argument("--service", required=True, help="service to drill")
+    p.add_argument("--region", required=True, help="the primary region to take down")
+    p.add_argument(
+        "--inject", required=True, metavar="COMMAND", help="command that causes the outage"
+    )
+    p.add_argument("--recover", metavar="COMMAND", help="command that ends the outage")
+    p.add_argument(
+        "--alert", default="FailoverPrimaryRegionDown", help="alert expected to fire and page"
+    )
+    p.add_argument(
+        "--webhook.listen-address",
+        dest="webhook",
+        default="127.0.0.1:10078",
+        metavar="HOST:PORT",
+        help="where the drill receives Alertmanager's webhook (default 127.0.0.1:10078)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for each step (300)"
+    )
+    p.add_argument(
+        "--recover-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep the outage this long after the page before recovering (0)",
+    )
+    p.add_argument(
+        "--resolve-timeout",
+        type=float,
+        default=420.0,
+        metavar="SECONDS",
+        help="how long to wait for the alert to resolve after recovery (420; the alert is "
+        "held by keep_firing_for)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
 
 def parse_listen(address: str) -> tuple[str | None, int]:
@@ -93,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(args_list)
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "drill":
+        return _drill(args)
     logsetup.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         listen = parse_listen(args.listen)
@@ -112,6 +160,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     engine = Engine(path=Path(args.config))
     return asyncio.run(serve(engine, cfg, listen))
+
+
+def _drill(args: argparse.Namespace) -> int:
+    import shlex
+
+    from exporter import drill
+
+    logsetup.setup("info", "logfmt")
+    try:
+        host, port = parse_listen(args.webhook)
+    except ValueError as exc:
+        print(f"failover-exporter: {exc}", file=sys.stderr)
+        return 2
+    opts = drill.DrillOptions(
+        prometheus=args.prometheus,
+        service=args.service,
+        region=args.region,
+        inject=shlex.split(args.inject),
+        recover=shlex.split(args.recover) if args.recover else None,
+        alert=args.alert,
+        webhook=(host or "0.0.0.0", port),  # noqa: S104 - Alertmanager may be remote
+        timeout=args.timeout,
+        recover_after=args.recover_after,
+        resolve_timeout=args.resolve_timeout,
+    )
+    return drill.main(opts, args.json)
 
 
 def check_config(file: str) -> int:
@@ -134,10 +208,12 @@ async def serve(
     cfg: Config,
     listen: tuple[str | None, int],
     started: Callable[[int], Awaitable[None]] | None = None,
+    extra_routes: Sequence[web.RouteDef] = (),
 ) -> int:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
     loop = asyncio.get_running_loop()
-    runner = web.AppRunner(make_app(engine, cfg), handle_signals=False, access_log=None)
+    app = make_app(engine, cfg, extra_routes)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     host, port = listen
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -154,6 +154,7 @@ async def run(listen: tuple[str | None, int], outage_after: float | None) -> int
             cfg = demo_config(ports, control_port)
             engine = Engine(loader=lambda: cfg)
             outage: list[asyncio.Task[None]] = []
+            primary = Outage(runners[REGIONS[0][0]], ports[REGIONS[0][0]])
 
             async def started(port: int) -> None:
                 log.info(
@@ -165,25 +166,50 @@ async def run(listen: tuple[str | None, int], outage_after: float | None) -> int
                     },
                 )
                 if outage_after is not None:
-                    outage.append(
-                        asyncio.create_task(_outage(runners[REGIONS[0][0]], outage_after))
-                    )
+                    outage.append(asyncio.create_task(primary.after(outage_after)))
 
             try:
-                return await cli.serve(engine, cfg, listen, started)
+                return await cli.serve(engine, cfg, listen, started, primary.routes())
             finally:
                 for task in outage:
                     task.cancel()
                 await asyncio.gather(*outage, return_exceptions=True)
 
 
-async def _outage(runner: web.AppRunner, after: float) -> None:
-    await asyncio.sleep(after)
-    log.warning("simulated outage: primary region is down", extra={"region": REGIONS[0][0]})
-    # Stopping the listener makes new connections fail with "connection refused", as a dead
-    # region's load balancer would.
-    for site in list(runner.sites):
-        await site.stop()
+class Outage:
+    """Takes the simulated primary down and up again: `--outage-after`, and for `drill`
+    `POST /-/demo/outage` and `POST /-/demo/recover` on the demo's listen address."""
+
+    def __init__(self, runner: web.AppRunner, port: int) -> None:
+        self.runner = runner
+        self.port = port
+
+    async def down(self) -> None:
+        log.warning("simulated outage: primary region is down", extra={"region": REGIONS[0][0]})
+        # Stopping the listener makes new connections fail with "connection refused", as a
+        # dead region's load balancer would.
+        for site in list(self.runner.sites):
+            await site.stop()
+
+    async def up(self) -> None:
+        if not self.runner.sites:
+            await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True).start()
+            log.warning("simulated outage over", extra={"region": REGIONS[0][0]})
+
+    async def after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.down()
+
+    def routes(self) -> list[web.RouteDef]:
+        async def outage(_request: web.Request) -> web.Response:
+            await self.down()
+            return web.Response(text="primary region down\n")
+
+        async def recover(_request: web.Request) -> web.Response:
+            await self.up()
+            return web.Response(text="primary region up\n")
+
+        return [web.post("/-/demo/outage", outage), web.post("/-/demo/recover", recover)]
 
 
 def main(listen: tuple[str | None, int], outage_after: float | None) -> int:

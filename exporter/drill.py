@@ -1,0 +1,263 @@
+"""`failover-exporter drill`: inject a primary outage and time the whole alerting chain.
+
+Timeline, each measured from the moment the outage is injected:
+  detect  - every probe of the region fails (seen in Prometheus, or at an exporter's /metrics)
+  alert   - the failover alert is firing in Prometheus
+  page    - Alertmanager delivered the notification to the drill's own webhook receiver
+then, after recovery is injected:
+  recover - probes succeed again, the alert stops firing, the resolved notification arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import shlex
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger("exporter.drill")
+
+POLL = 0.5
+
+
+@dataclasses.dataclass
+class DrillOptions:
+    prometheus: str
+    service: str
+    region: str
+    inject: list[str]
+    recover: list[str] | None
+    alert: str = "FailoverPrimaryRegionDown"
+    webhook: tuple[str, int] = ("127.0.0.1", 10078)
+    timeout: float = 300.0
+    recover_after: float = 0.0
+    # How long to wait for the alert to resolve after recovery (keep_firing_for holds it).
+    resolve_timeout: float = 420.0
+
+
+@dataclasses.dataclass
+class Report:
+    service: str
+    region: str
+    alert: str
+    injected_at: float
+    detect_seconds: float | None = None
+    alert_seconds: float | None = None
+    page_seconds: float | None = None
+    recovered_at: float | None = None
+    probes_recovered_seconds: float | None = None
+    alert_resolved_seconds: float | None = None
+    resolved_page_seconds: float | None = None
+    failover_to: str | None = None
+    errors: list[str] = dataclasses.field(default_factory=list)
+    # What recovery did not show in time: informational, since `keep_firing_for` deliberately
+    # holds a failover alert for minutes after the region is back.
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        measured = (self.detect_seconds, self.alert_seconds, self.page_seconds)
+        recovered = self.recovered_at is None or self.probes_recovered_seconds is not None
+        return not self.errors and None not in measured and recovered
+
+    def text(self) -> str:
+        def s(v: float | None) -> str:
+            return "not observed" if v is None else f"{v:7.1f} s"
+
+        rows = [
+            f"Failover drill: {self.service} / {self.region} (alert {self.alert})",
+            f"  time to detect (all probes failing)   {s(self.detect_seconds)}",
+            f"  time to alert (firing in Prometheus)  {s(self.alert_seconds)}",
+            f"  time to page (webhook notified)       {s(self.page_seconds)}",
+            f"  alert names failover target           {self.failover_to or '-'}",
+        ]
+        if self.recovered_at is not None:
+            rows += [
+                "  after recovery was injected:",
+                f"    probes succeeding again             {s(self.probes_recovered_seconds)}",
+                f"    alert no longer firing              {s(self.alert_resolved_seconds)}",
+                f"    resolved notification               {s(self.resolved_page_seconds)}",
+            ]
+        rows += [f"  error: {e}" for e in self.errors]
+        rows += [f"  note: {n}" for n in self.notes]
+        rows.append("  result: " + ("PASS" if self.ok else "FAIL"))
+        return "\n".join(rows)
+
+
+class _Webhook:
+    """Alertmanager webhook receiver: records when a firing/resolved notification arrives."""
+
+    def __init__(self, alert: str, service: str, region: str) -> None:
+        self.match = {"alertname": alert, "service": service, "target_region": region}
+        self.firing = asyncio.Event()
+        self.resolved = asyncio.Event()
+        self.firing_at = 0.0
+        self.resolved_at = 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+        except (ValueError, aiohttp.ContentTypeError):
+            return web.Response(status=400)
+        for alert in payload.get("alerts", []):
+            labels = alert.get("labels", {})
+            if any(labels.get(k) != v for k, v in self.match.items()):
+                continue
+            if alert.get("status") == "firing" and not self.firing.is_set():
+                self.firing_at = time.monotonic()
+                self.firing.set()
+            elif alert.get("status") == "resolved" and self.firing.is_set():
+                self.resolved_at = time.monotonic()
+                self.resolved.set()
+        return web.Response(text="ok")
+
+
+async def _run_command(argv: list[str]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        text = out.decode(errors="replace").strip()[-500:]
+        raise RuntimeError(f"{shlex.join(argv)} exited {proc.returncode}: {text}")
+
+
+class _Prometheus:
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url.rstrip("/")
+
+    async def query(self, expr: str) -> list[dict[str, Any]]:
+        async with self.session.get(f"{self.url}/api/v1/query", params={"query": expr}) as r:
+            data = await r.json()
+        if data.get("status") != "success":
+            raise RuntimeError(f"Prometheus query failed: {data.get('error')}")
+        return list(data["data"]["result"])
+
+    async def firing(self, alert: str, service: str, region: str) -> dict[str, Any] | None:
+        async with self.session.get(f"{self.url}/api/v1/alerts") as r:
+            data = await r.json()
+        for a in data.get("data", {}).get("alerts", []):
+            labels = a.get("labels", {})
+            if (
+                a.get("state") == "firing"
+                and labels.get("alertname") == alert
+                and labels.get("service") == service
+                and labels.get("target_region") == region
+            ):
+                return dict(a)
+        return None
+
+
+async def _until(
+    check: Callable[[], Awaitable[bool]], deadline: float, what: str, missed: list[str]
+) -> float | None:
+    while time.monotonic() < deadline:
+        try:
+            if await check():
+                return time.monotonic()
+        except (aiohttp.ClientError, RuntimeError, ValueError) as exc:
+            log.warning("drill poll failed", extra={"what": what, "error": str(exc)})
+        await asyncio.sleep(POLL)
+    missed.append(f"{what}: not observed within the timeout")
+    return None
+
+
+async def run(opts: DrillOptions) -> Report:
+    hook = _Webhook(opts.alert, opts.service, opts.region)
+    app = web.Application()
+    app.router.add_post("/", hook.handle)
+    app.router.add_post("/alerts", hook.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, *opts.webhook)
+    await site.start()
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            return await _drill(opts, _Prometheus(session, opts.prometheus), hook)
+    finally:
+        await runner.cleanup()
+
+
+async def _drill(opts: DrillOptions, prom: _Prometheus, hook: _Webhook) -> Report:
+    sel = f'service="{opts.service}",target_region="{opts.region}"'
+    healthy = await prom.query(f"max(failover_probe_success{{{sel}}}) == 1")
+    start = time.monotonic()
+    report = Report(opts.service, opts.region, opts.alert, injected_at=time.time())
+    if not healthy:
+        report.errors.append("the region is not healthy before the drill; nothing to measure")
+        return report
+    log.info("injecting outage", extra={"command": shlex.join(opts.inject)})
+    try:
+        await _run_command(opts.inject)
+    except (OSError, RuntimeError) as exc:
+        report.errors.append(f"inject failed: {exc}")
+        return report
+    deadline = start + opts.timeout
+
+    async def all_failing() -> bool:
+        return bool(await prom.query(f"max(failover_probe_success{{{sel}}}) == 0"))
+
+    async def alert_firing() -> bool:
+        alert = await prom.firing(opts.alert, opts.service, opts.region)
+        if alert is not None:
+            report.failover_to = alert.get("annotations", {}).get("failover_to")
+        return alert is not None
+
+    async def paged() -> bool:
+        return hook.firing.is_set()
+
+    detected = await _until(all_failing, deadline, "detect", report.errors)
+    report.detect_seconds = detected - start if detected else None
+    alerted = await _until(alert_firing, deadline, "alert", report.errors)
+    report.alert_seconds = alerted - start if alerted else None
+    if await _until(paged, deadline, "page", report.errors) is not None:
+        report.page_seconds = hook.firing_at - start
+    if opts.recover is None:
+        return report
+    await asyncio.sleep(opts.recover_after)
+    log.info("injecting recovery", extra={"command": shlex.join(opts.recover)})
+    try:
+        await _run_command(opts.recover)
+    except (OSError, RuntimeError) as exc:
+        report.errors.append(f"recover failed: {exc}")
+        return report
+    rstart = time.monotonic()
+    report.recovered_at = time.time()
+    deadline = rstart + opts.timeout
+
+    async def probes_ok() -> bool:
+        return bool(await prom.query(f"min(failover_probe_success{{{sel}}}) == 1"))
+
+    async def alert_gone() -> bool:
+        return await prom.firing(opts.alert, opts.service, opts.region) is None
+
+    async def resolved() -> bool:
+        return hook.resolved.is_set()
+
+    ok = await _until(probes_ok, deadline, "probes recovered", report.errors)
+    report.probes_recovered_seconds = ok - rstart if ok else None
+    deadline = rstart + opts.resolve_timeout
+    gone = await _until(alert_gone, deadline, "alert resolved", report.notes)
+    report.alert_resolved_seconds = gone - rstart if gone else None
+    if await _until(resolved, deadline, "resolved notification", report.notes) is not None:
+        report.resolved_page_seconds = hook.resolved_at - rstart
+    return report
+
+
+def main(opts: DrillOptions, json_path: str | None) -> int:
+    report = asyncio.run(run(opts))
+    print(report.text())
+    if json_path:
+        data = dataclasses.asdict(report) | {"ok": report.ok}
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+    return 0 if report.ok else 1
