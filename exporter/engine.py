@@ -13,6 +13,7 @@ from prometheus_client import (
     GCCollector,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from exporter import __version__, config
@@ -30,6 +31,9 @@ class Engine:
     def __init__(self, loader: Callable[[], Config] | None = None, path: Path | None = None):
         self.path = path
         self._loader = loader or (lambda: config.load(self._require_path()))
+        # `_created` series would be extra families outside the catalogue, with a value that
+        # changes every start; Prometheus does not need them for counters it scrapes itself.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

@@ -34,7 +34,12 @@ def phase_offset(target: Target) -> float:
 
 
 class Scheduler:
-    def __init__(self, self_metrics: SelfMetrics, resources: Resources) -> None:
+    def __init__(
+        self,
+        self_metrics: SelfMetrics,
+        resources: Resources,
+        overload_window: int = OVERLOAD_WINDOW,
+    ) -> None:
         self.metrics = self_metrics
         self.resources = resources
         self.states: dict[tuple[str, str, str], TargetState] = {}
@@ -49,7 +54,7 @@ class Scheduler:
         # Failures are kept longer than successes: they are what an operator comes to look at.
         self.recent_failures: collections.deque[Result] = collections.deque(maxlen=200)
         # Per second: [probes started, probes started late, loop lag samples over budget].
-        self._window: collections.deque[list[int]] = collections.deque(maxlen=OVERLOAD_WINDOW)
+        self._window: collections.deque[list[int]] = collections.deque(maxlen=overload_window)
         self._window_second = 0
         self._stopping = False
 

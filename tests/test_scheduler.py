@@ -1,0 +1,510 @@
+"""Scheduler and reload against real HTTP servers that count what reaches them.
+
+Every property is measured where it matters, at the server: how many requests arrived, when, and
+how many were running at once per target and in total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.metrics import SelfMetrics
+from exporter.resources import Resources
+from exporter.scheduler import Scheduler, phase_offset
+from exporter.web import ENGINE
+from tests.conftest import MakeClient, MakeConfig
+
+
+class CountingServer:
+    """A real HTTP server; `/t/{name}` answers after `delay[name]` and is counted per name.
+
+    A request counts as running from arrival until the handler returns. The handler returns
+    before the response is written, so a client can never see a response (and start its next
+    request) while the server still counts the previous one: overlaps it reports are real.
+    """
+
+    def __init__(self) -> None:
+        self.count: collections.Counter[str] = collections.Counter()
+        self.active: collections.Counter[str] = collections.Counter()
+        self.max_active: collections.Counter[str] = collections.Counter()
+        self.total_active = 0
+        self.max_total_active = 0
+        self.arrivals: dict[str, list[float]] = collections.defaultdict(list)
+        self.delay: dict[str, float] = {}
+        self.default_delay = 0.0
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        loop = asyncio.get_running_loop()
+        self.arrivals[name].append(loop.time())
+        self.count[name] += 1
+        self.active[name] += 1
+        self.max_active[name] = max(self.max_active[name], self.active[name])
+        self.total_active += 1
+        self.max_total_active = max(self.max_total_active, self.total_active)
+        try:
+            deadline = loop.time() + self.delay.get(name, self.default_delay)
+            # Polls instead of one sleep: a probe cancelled by its timeout closes the connection,
+            # and a request whose client left must stop counting as running.
+            while loop.time() < deadline:
+                if request.transport is None or request.transport.is_closing():
+                    break
+                await asyncio.sleep(min(0.01, deadline - loop.time()))
+            return web.Response(text="ok\n")
+        finally:
+            self.active[name] -= 1
+            self.total_active -= 1
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/t/{name}"
+
+
+StartServer = Callable[[], Awaitable[CountingServer]]
+
+
+@pytest.fixture
+def counting_server(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> StartServer:
+    async def start() -> CountingServer:
+        srv = CountingServer()
+        app = web.Application()
+        app.router.add_get("/t/{name}", srv.handle)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        srv.port = server.port
+        return srv
+
+    return start
+
+
+def config_text(
+    targets: dict[str, str],
+    defaults: str = "",
+    per_target: dict[str, str] | None = None,
+) -> str:
+    """One service, one region, one image; `targets` maps name -> URL."""
+    extra = per_target or {}
+    lines = [
+        "vantage: test",
+        f"defaults: {{{defaults}}}" if defaults else "",
+        "services:",
+        "  - name: svc",
+        "    regions: [{name: r1, role: primary, priority: 1}]",
+        "    images: [{name: i1, ref: example/svc:1}]",
+        "    targets:",
+    ]
+    for name, url in targets.items():
+        lines.append(
+            f"      - {{name: {name}, region: r1, image: i1, "
+            f'probe: {{kind: http, url: "{url}"}}{extra.get(name, "")}}}'
+        )
+    if not targets:
+        lines[-1] = "    targets: []"
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+@pytest.fixture
+async def scheduler() -> AsyncIterator[tuple[Scheduler, CollectorRegistry]]:
+    registry = CollectorRegistry()
+    resources = Resources()
+    # A 2 s overload window instead of 30 s, so the gauge can be seen turning off in a test.
+    sched = Scheduler(SelfMetrics(registry), resources, overload_window=2)
+    try:
+        yield sched, registry
+    finally:
+        await sched.stop()
+        await resources.aclose()
+
+
+async def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(step)
+    return check()
+
+
+def probes_of(sched: Scheduler) -> dict[str, int]:
+    return {st.target.name: st.probes for st in sched.snapshot()}
+
+
+def circular_distance(value: float, period: float) -> float:
+    r = value % period
+    return min(r, period - r)
+
+
+# -- spread and intervals ------------------------------------------------------------------
+
+
+async def test_offsets_are_deterministic_spread_and_survive_reload(
+    make_config: MakeConfig,
+    counting_server: StartServer,
+    scheduler: tuple[Scheduler, CollectorRegistry],
+) -> None:
+    sched, _ = scheduler
+    srv = await counting_server()
+    names = [f"t{i:02d}" for i in range(40)]
+    targets = {n: srv.url(n) for n in names}
+    cfg = make_config(config_text(targets, "interval: 1s, timeout: 500ms"))
+    offsets = {t.name: phase_offset(t) for t in cfg.targets}
+    assert all(0 <= o < 1 for o in offsets.values())
+    # 40 targets over 10 slices of the interval: a burst would fill one slice.
+    slices = collections.Counter(int(o * 10) for o in offsets.values())
+    assert len(slices) >= 8, slices
+    assert max(slices.values()) <= 10, slices
+
+    sched.apply(cfg)
+    assert await wait_for(lambda: all(srv.count[n] >= 1 for n in names), 2.5)
+    first = sorted(srv.arrivals[n][0] for n in names)
+    assert first[-1] - first[0] > 0.6, "first probes came in a burst"
+    for n in names:
+        assert circular_distance(srv.arrivals[n][0] - offsets[n], 1.0) < 0.15, n
+
+    # Reload: one target changed (new URL), one added, the rest unchanged. Every target that
+    # stays keeps its phase, so the reload causes no burst and no extra probe.
+    changed = dict(targets, t00=srv.url("t00") + "?v=2", extra=srv.url("extra"))
+    cfg2 = make_config(config_text(changed, "interval: 1s, timeout: 500ms"))
+    assert {t.name: phase_offset(t) for t in cfg2.targets if t.name in offsets} == offsets
+    reloaded_at = asyncio.get_running_loop().time()
+    before = dict(srv.count)
+    sched.apply(cfg2)
+    assert await wait_for(lambda: all(srv.count[n] >= before[n] + 1 for n in names), 2.5)
+    for n in names:
+        after = [a for a in srv.arrivals[n] if a > reloaded_at]
+        assert circular_distance(after[0] - offsets[n], 1.0) < 0.15, n
+    for n in names[1:]:
+        gaps = [b - a for a, b in itertools.pairwise(srv.arrivals[n])]
+        assert min(gaps) > 0.7, f"{n} probed twice in one interval around the reload: {gaps}"
+
+
+async def test_each_target_on_its_own_interval_and_self_histograms(
+    make_config: MakeConfig,
+    counting_server: StartServer,
+    scheduler: tuple[Scheduler, CollectorRegistry],
+) -> None:
+    sched, registry = scheduler
+    srv = await counting_server()
+    cfg = make_config(
+        config_text(
+            {"fast": srv.url("fast"), "slow": srv.url("slow")},
+            "interval: 100ms, timeout: 50ms",
+            {"slow": ", interval: 300ms"},
+        )
+    )
+    sched.apply(cfg)
+    await asyncio.sleep(1.55)
+    await sched.stop()
+    fast, slow = srv.arrivals["fast"], srv.arrivals["slow"]
+    assert 12 <= len(fast) <= 16, len(fast)
+    assert 4 <= len(slow) <= 6, len(slow)
+    fast_gap = statistics.median(b - a for a, b in itertools.pairwise(fast))
+    slow_gap = statistics.median(b - a for a, b in itertools.pairwise(slow))
+    assert fast_gap == pytest.approx(0.1, abs=0.03)
+    assert slow_gap == pytest.approx(0.3, abs=0.05)
+
+    # Every probe that started observed its start delay; the loop-lag timer ran all along.
+    started = registry.get_sample_value("failover_exporter_probe_start_delay_seconds_count")
+    finished = sum(probes_of(sched).values())
+    assert started is not None
+    assert finished <= started <= finished + 2
+    lag = registry.get_sample_value("failover_exporter_event_loop_lag_seconds_count")
+    assert lag is not None
+    assert lag >= 4
+
+
+# -- overrun and the concurrency cap -------------------------------------------------------
+
+
+def skipped(registry: CollectorRegistry, reason: str) -> float:
+    value = registry.get_sample_value("failover_exporter_probes_skipped_total", {"reason": reason})
+    assert value is not None
+    return value
+
+
+async def test_overrun_is_skipped_never_run_twice_at_once(
+    make_config: MakeConfig,
+    counting_server: StartServer,
+    scheduler: tuple[Scheduler, CollectorRegistry],
+) -> None:
+    sched, registry = scheduler
+    srv = await counting_server()
+    # Three targets each need the single slot for 120 ms every 200 ms: runs that wait for the
+    # slot overrun their interval, and some waits last the whole timeout.
+    srv.default_delay = 0.12
+    names = ["a", "b", "c"]
+    cfg = make_config(
+        config_text(
+            {n: srv.url(n) for n in names}, "interval: 200ms, timeout: 150ms, max_concurrency: 1"
+        )
+    )
+    sched.apply(cfg)
+    assert await wait_for(
+        lambda: skipped(registry, "overrun") >= 1 and skipped(registry, "concurrency") >= 1, 4
+    )
+    await asyncio.sleep(1)
+    await sched.stop()
+    for n in names:
+        assert srv.count[n] >= 2, n
+        assert srv.max_active[n] == 1, n
+    assert srv.max_total_active == 1
+
+
+async def test_concurrency_cap_holds_at_the_server(
+    make_config: MakeConfig,
+    counting_server: StartServer,
+    scheduler: tuple[Scheduler, CollectorRegistry],
+) -> None:
+    sched, registry = scheduler
+    srv = await counting_server()
+    srv.default_delay = 0.1
+    names = [f"c{i}" for i in range(10)]
+    cfg = make_config(
+        config_text(
+            {n: srv.url(n) for n in names}, "interval: 300ms, timeout: 250ms, max_concurrency: 3"
+        )
+    )
+    sched.apply(cfg)
+    assert registry.get_sample_value("failover_exporter_max_concurrency") == 3
+    # Demand is 10 x 100 ms per 300 ms, more than three slots: the cap is reached, never passed.
+    assert await wait_for(lambda: srv.max_total_active >= 3, 3)
+    await asyncio.sleep(0.6)
+    await sched.stop()
+    assert srv.max_total_active == 3
+    assert max(srv.max_active.values()) == 1
+
+
+# -- overload ------------------------------------------------------------------------------
+
+
+async def test_overloaded_gauge_turns_on_when_the_loop_is_blocked_and_off_again(
+    make_config: MakeConfig,
+    counting_server: StartServer,
+    scheduler: tuple[Scheduler, CollectorRegistry],
+) -> None:
+    sched, registry = scheduler
+    srv = await counting_server()
+    # A budget well above scheduling noise on a busy machine; the stalls below are far above it.
+    cfg = make_config(
+        config_text({"x": srv.url("x")}, "interval: 200ms, timeout: 100ms, overload_delay: 150ms")
+    )
+
+    def overloaded() -> float | None:
+        return registry.get_sample_value("failover_exporter_overloaded")
+
+    sched.apply(cfg)
+    await asyncio.sleep(0.6)
+    assert overloaded() == 0
+    loop = asyncio.get_running_loop()
+    for _ in range(2):
+        # Deliberately freeze the event loop, as a blocking call in a probe would.
+        loop.call_soon(time.sleep, 0.4)
+        await asyncio.sleep(0.3)
+    assert await wait_for(lambda: overloaded() == 1, 3), "overload not reported"
+    assert sched.overloaded()
+    le = registry.get_sample_value("failover_exporter_event_loop_lag_seconds_bucket", {"le": "0.1"})
+    count = registry.get_sample_value("failover_exporter_event_loop_lag_seconds_count")
+    assert le is not None
+    assert count is not None
+    assert count - le >= 2, "the stalls are not in the loop-lag histogram"
+    assert await wait_for(lambda: overloaded() == 0, 6), "overload never cleared"
+
+
+# -- shutdown ------------------------------------------------------------------------------
+
+
+def _exporter_tasks() -> list[asyncio.Task[object]]:
+    out = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        code = getattr(coro, "cr_code", None)
+        if code is not None and "/exporter/" in code.co_filename:
+            out.append(task)
+    return out
+
+
+async def test_stop_cancels_and_awaits_everything_and_closes_resources(
+    make_config: MakeConfig, counting_server: StartServer
+) -> None:
+    srv = await counting_server()
+    srv.default_delay = 30  # hangs until the client goes away
+    registry = CollectorRegistry()
+    resources = Resources()
+    sched = Scheduler(SelfMetrics(registry), resources)
+    names = ["h1", "h2", "h3"]
+    targets = {n: srv.url(n) for n in names}
+    cfg = make_config(config_text(targets, "interval: 2s, timeout: 1500ms"))
+    sched.apply(cfg)
+    assert await wait_for(lambda: srv.total_active == 3, 3), "probes never got in flight"
+    assert sched.task_count == 3
+    assert len(_exporter_tasks()) == 4  # three targets and the loop-lag monitor
+
+    await sched.stop()
+    await resources.aclose()
+    assert sched.task_count == 0
+    assert _exporter_tasks() == []
+    # Closed sessions closed their connections: the hanging handlers see their clients leave.
+    assert await wait_for(lambda: srv.total_active == 0, 2)
+    with pytest.raises(RuntimeError, match="closed"):
+        await resources.shared("late", lambda: pytest.fail("opened after close"))
+
+
+# -- reload through the running exporter -----------------------------------------------------
+
+
+def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = collections.defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def by_target(
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str
+) -> dict[str, float]:
+    """{target: value} for a per-target sample name (no extra labels)."""
+    return {dict(k)["target"]: v for k, v in samples.get(name, {}).items()}
+
+
+def targets_in(samples: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> set[str]:
+    return {dict(k).get("target", "") for series in samples.values() for k in series} - {""}
+
+
+async def scrape(client: TestClient) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    return parse_metrics(await resp.text())
+
+
+async def start_exporter(
+    exporter_client: MakeClient, make_config: MakeConfig, text: str
+) -> TestClient:
+    return await exporter_client(make_config(text))
+
+
+def write_config(cfg_path: Path, text: str) -> None:
+    cfg_path.write_text(text)
+
+
+async def test_good_reload_keeps_adds_and_removes_series(
+    make_config: MakeConfig,
+    counting_server: StartServer,
+    exporter_client: MakeClient,
+    tmp_path: Path,
+) -> None:
+    srv = await counting_server()
+    defaults = "interval: 100ms, timeout: 80ms"
+    v1 = {n: srv.url(n) for n in ("keep", "change", "gone")}
+    client = await start_exporter(exporter_client, make_config, config_text(v1, defaults))
+    engine = client.server.app[ENGINE]
+    assert await wait_for(lambda: min(probes_of(engine.scheduler).values()) >= 3, 3)
+    keep_state = next(s for s in engine.scheduler.snapshot() if s.target.name == "keep")
+    before = by_target(await scrape(client), "failover_probes_total")
+
+    v2 = {"keep": v1["keep"], "change": srv.url("change") + "?v=2", "new": srv.url("new")}
+    write_config(tmp_path / "config.yml", config_text(v2, defaults))
+    resp = await client.post("/-/reload")
+    assert resp.status == 200, await resp.text()
+    gone_at_reload = srv.count["gone"]
+    samples = await scrape(client)
+    assert "gone" not in targets_in(samples)
+    assert {"keep", "change", "new"} <= targets_in(samples)
+    after = by_target(samples, "failover_probes_total")
+    assert after["keep"] >= before["keep"]
+    assert after["change"] >= before["change"], "a changed target's counters were reset"
+    assert after["new"] >= 0
+    assert samples["failover_exporter_config_last_reload_successful"][()] == 1
+    assert next(s for s in engine.scheduler.snapshot() if s.target.name == "keep") is keep_state
+
+    await asyncio.sleep(0.4)
+    later = by_target(await scrape(client), "failover_probes_total")
+    for name in ("keep", "change"):
+        assert later[name] > after[name], f"{name} stopped probing"
+    assert later["new"] >= 2
+    assert srv.count["new"] >= 2
+    # A probe in flight at the reload may still land; nothing after it.
+    assert srv.count["gone"] <= gone_at_reload + 1
+
+
+async def test_bad_reload_keeps_old_config_and_says_so(
+    make_config: MakeConfig,
+    counting_server: StartServer,
+    exporter_client: MakeClient,
+    tmp_path: Path,
+) -> None:
+    srv = await counting_server()
+    good = config_text({"a": srv.url("a")}, "interval: 100ms, timeout: 80ms")
+    client = await start_exporter(exporter_client, make_config, good)
+    engine = client.server.app[ENGINE]
+    assert await wait_for(lambda: srv.count["a"] >= 2, 3)
+
+    bad = good.replace("timeout: 80ms", "timeout: 200ms, colour: blue")
+    write_config(tmp_path / "config.yml", bad)
+    resp = await client.post("/-/reload")
+    body = await resp.text()
+    assert resp.status == 500
+    assert "previous config kept" in body
+    cfg_file = str(tmp_path / "config.yml")
+    assert f"{cfg_file}:2: defaults.colour: unknown key" in body
+    assert f"{cfg_file}:2: defaults.timeout: must be below interval" in body
+    assert "Traceback" not in body
+
+    samples = await scrape(client)
+    assert samples["failover_exporter_config_last_reload_successful"][()] == 0
+    page = await (await client.get("/")).text()
+    assert "Last reload failed" in page
+    assert "defaults.colour: unknown key" in page
+    count = srv.count["a"]
+    assert await wait_for(lambda: srv.count["a"] >= count + 2, 2), "old config stopped"
+    assert engine.config is not None
+    assert engine.config.targets[0].timeout == 0.08
+
+    write_config(tmp_path / "config.yml", good)
+    resp = await client.post("/-/reload")
+    assert resp.status == 200
+    samples = await scrape(client)
+    assert samples["failover_exporter_config_last_reload_successful"][()] == 1
+    assert "Last reload failed" not in await (await client.get("/")).text()
+
+
+async def test_reloads_while_probing_lose_and_double_nothing(
+    make_config: MakeConfig,
+    counting_server: StartServer,
+    exporter_client: MakeClient,
+    tmp_path: Path,
+) -> None:
+    srv = await counting_server()
+    srv.default_delay = 0.03
+    defaults = "interval: 100ms, timeout: 80ms"
+    names = [f"s{i}" for i in range(8)]
+    base = {n: srv.url(n) for n in names}
+    texts = [config_text(base, defaults), config_text(dict(base, extra=srv.url("x")), defaults)]
+    client = await start_exporter(exporter_client, make_config, texts[0])
+    engine = client.server.app[ENGINE]
+    states = {s.target.name: s for s in engine.scheduler.snapshot()}
+    for i in range(20):
+        write_config(tmp_path / "config.yml", texts[(i + 1) % 2])
+        resp = await client.post("/-/reload")
+        assert resp.status == 200
+        await asyncio.sleep(0.07)
+    await engine.scheduler.stop()
+
+    for n in names:
+        assert engine.scheduler.states[("test", "svc", n)] is states[n]
+        probes = states[n].probes
+        # The server counts a request on arrival; one still in flight at stop is not a probe.
+        assert 0 <= srv.count[n] - probes <= 1, (n, srv.count[n], probes)
+        assert probes >= 10, (n, probes)
+        assert srv.max_active[n] == 1, n
