@@ -80,6 +80,7 @@ class Http:
     must_not_match: tuple[re.Pattern[bytes], ...]
     follow_redirects: bool
     ssl: ssl.SSLContext | bool
+    server_name: str | None
     family: int
     keep_alive: bool
     max_body_bytes: int
@@ -118,7 +119,12 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         must_match=_regexes(s.body_must_match, "body_must_match"),
         must_not_match=_regexes(s.body_must_not_match, "body_must_not_match"),
         follow_redirects=s.follow_redirects,
-        ssl=client_context(s.tls, base_dir) if url.scheme == "https" else False,
+        # Plain http URLs still verify: a redirect may lead to https. aiohttp's shared default
+        # context (True) saves building one per target when there are no TLS settings.
+        ssl=client_context(s.tls, base_dir)
+        if url.scheme == "https" or s.tls.model_fields_set
+        else True,
+        server_name=s.tls.server_name,
         family=_FAMILIES[s.ip_family],
         keep_alive=s.keep_alive,
         max_body_bytes=s.max_body_bytes,
@@ -126,16 +132,29 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
 
 
 class _Marks:
-    """Monotonic marks of one request's life, filled by trace hooks and the connector."""
+    """Monotonic marks of one request's life, filled by trace hooks and the connector.
 
-    __slots__ = ("connected", "created", "dns", "dns_start", "tcp")
+    After a redirect the connection marks describe the last hop, the one whose response counts;
+    DNS time adds up over all hops.
+    """
+
+    __slots__ = ("created", "dns", "dns_end", "dns_start", "ready", "secure", "ssl_object", "tcp")
 
     def __init__(self) -> None:
         self.dns = 0.0
-        self.dns_start = 0.0
-        self.tcp: float | None = None
+        # Set while a lookup is in flight, so a lookup cut short still counts as DNS time.
+        self.dns_start: float | None = None
+        self.dns_end: float | None = None
         self.created: float | None = None
-        self.connected = 0.0
+        self.tcp: float | None = None
+        self.secure = False
+        # The connection (new or reused) is ready for the request.
+        self.ready: float | None = None
+        self.ssl_object: Any = None
+
+    def next_hop(self) -> None:
+        self.dns_end = self.created = self.tcp = self.ready = self.ssl_object = None
+        self.secure = False
 
 
 _MARKS: contextvars.ContextVar[_Marks | None] = contextvars.ContextVar("http_marks", default=None)
@@ -165,9 +184,23 @@ class _TimedConnector(aiohttp.TCPConnector):
         marks = _MARKS.get()
         if marks is not None:
             marks.tcp = time.perf_counter()
+            marks.secure = bool(kwargs.get("ssl"))
         return await self._wrap_existing_connection(
             *args, req=req, timeout=timeout, client_error=client_error, sock=sock, **kwargs
         )
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+        # Here, not in the response: aiohttp releases the connection of a short response
+        # before handing it over, and a kept-alive connection has no creation events.
+        marks = _MARKS.get()
+        if marks is not None:
+            marks.next_hop()
+        conn = await super().connect(req, traces, timeout)
+        if marks is not None:
+            marks.ready = time.perf_counter()
+            transport = conn.transport
+            marks.ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        return conn
 
 
 async def _on_dns_start(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
@@ -178,8 +211,10 @@ async def _on_dns_start(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
 
 async def _on_dns_end(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
     marks = _MARKS.get()
-    if marks is not None:
-        marks.dns += time.perf_counter() - marks.dns_start
+    if marks is not None and marks.dns_start is not None:
+        marks.dns_end = time.perf_counter()
+        marks.dns += marks.dns_end - marks.dns_start
+        marks.dns_start = None
 
 
 async def _on_conn_start(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
@@ -188,19 +223,12 @@ async def _on_conn_start(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
         marks.created = time.perf_counter()
 
 
-async def _on_conn_end(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
-    marks = _MARKS.get()
-    if marks is not None:
-        marks.connected = time.perf_counter()
-
-
 @asynccontextmanager
 async def _session(family: int, keep_alive: bool) -> AsyncIterator[aiohttp.ClientSession]:
     trace = aiohttp.TraceConfig()
     trace.on_dns_resolvehost_start.append(_on_dns_start)
     trace.on_dns_resolvehost_end.append(_on_dns_end)
     trace.on_connection_create_start.append(_on_conn_start)
-    trace.on_connection_create_end.append(_on_conn_end)
     connector = _TimedConnector(
         limit=0,
         family=socket.AddressFamily(family),
@@ -233,7 +261,8 @@ def _classify(exc: BaseException) -> tuple[Reason, str]:
         return Reason.DNS, f"cannot resolve {exc.host}: {exc.os_error.strerror or exc.os_error}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         cert_error: Any = exc.certificate_error
-        return Reason.TLS, f"certificate verification failed: {cert_error.reason}"
+        why = getattr(cert_error, "verify_message", None) or cert_error.reason
+        return Reason.TLS, f"certificate verification failed: {why}"
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
         detail: Any = getattr(exc, "reason", None) or type(exc).__name__
         return Reason.TLS, f"TLS error: {detail}"
@@ -266,7 +295,6 @@ async def run(p: Http, ctx: ProbeContext) -> None:
         headers["Connection"] = "close"
     marks = _Marks()
     token = _MARKS.set(marks)
-    start = time.perf_counter()
     headers_at: float | None = None
     try:
         ctx.log(f"{p.method} {p.url.with_query(None)}")
@@ -276,18 +304,16 @@ async def run(p: Http, ctx: ProbeContext) -> None:
             headers=headers,
             data=p.body,
             ssl=p.ssl,
+            server_hostname=p.server_name,
             allow_redirects=p.follow_redirects,
             max_redirects=10,
         ) as resp:
             headers_at = time.perf_counter()
             ctx.status_code = resp.status
             ctx.log(f"response {resp.status} {resp.reason or ''}".rstrip())
-            if resp.connection is not None and resp.connection.transport is not None:
-                not_after = peer_cert_not_after(
-                    resp.connection.transport.get_extra_info("ssl_object")
-                )
-                if not_after is not None:
-                    ctx.gauges[TLS_NOT_AFTER.name] = not_after
+            not_after = peer_cert_not_after(marks.ssl_object)
+            if not_after is not None:
+                ctx.gauges[TLS_NOT_AFTER.name] = not_after
             body = await _read_bounded(resp, p.max_body_bytes)
     except ProbeFailure:
         raise
@@ -296,7 +322,7 @@ async def run(p: Http, ctx: ProbeContext) -> None:
         raise ProbeFailure(reason, message) from None
     finally:
         _MARKS.reset(token)
-        _record_phases(ctx, marks, start, headers_at)
+        _record_phases(ctx, marks, headers_at)
     if p.valid_status:
         if resp.status not in p.valid_status:
             allowed = ", ".join(str(c) for c in sorted(p.valid_status))
@@ -322,21 +348,23 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _record_phases(ctx: ProbeContext, m: _Marks, start: float, headers_at: float | None) -> None:
+def _record_phases(ctx: ProbeContext, m: _Marks, headers_at: float | None) -> None:
+    """Phases that do not overlap; one cut short by a failure or timeout ends now."""
     end = time.perf_counter()
+    if m.dns_start is not None:
+        m.dns += end - m.dns_start
     if m.dns:
         ctx.phases["dns"] = m.dns
-    if m.created is not None:
-        tcp_end = m.tcp if m.tcp is not None else (m.connected or end)
-        ctx.phases["connect"] = max(0.0, tcp_end - m.created - m.dns)
-        if m.tcp is not None and m.connected:
-            ctx.phases["tls"] = m.connected - m.tcp
-    ready = m.connected or start
-    if headers_at is not None:
-        ctx.phases["first_byte"] = headers_at - ready
-        ctx.phases["transfer"] = end - headers_at
-    elif m.connected:
-        ctx.phases["first_byte"] = end - ready
+    # No connect phase when the connection was reused or the lookup never finished.
+    if m.created is not None and m.dns_start is None:
+        connect_from = m.dns_end if m.dns_end is not None else m.created
+        ctx.phases["connect"] = (m.tcp if m.tcp is not None else end) - connect_from
+        if m.tcp is not None and m.secure:
+            ctx.phases["tls"] = (m.ready if m.ready is not None else end) - m.tcp
+    if m.ready is not None:
+        ctx.phases["first_byte"] = (headers_at if headers_at is not None else end) - m.ready
+        if headers_at is not None:
+            ctx.phases["transfer"] = end - headers_at
 
 
 def describe(s: HttpSettings) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -78,7 +80,8 @@ def prepare(s: TcpSettings, base_dir: Path) -> Tcp:
 
 async def run(p: Tcp, ctx: ProbeContext) -> None:
     loop = asyncio.get_running_loop()
-    with ctx.phase("dns"):
+    # An address literal needs no lookup, so it gets no dns phase.
+    with _null() if _is_literal(p.host) else ctx.phase("dns"):
         try:
             infos = await loop.getaddrinfo(p.host, p.port, family=p.family, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -93,7 +96,9 @@ async def run(p: Tcp, ctx: ProbeContext) -> None:
             try:
                 await loop.sock_connect(sock, addr)
             except OSError as exc:
-                raise ProbeFailure(Reason.CONNECT, f"cannot connect: {exc.strerror}") from None
+                # asyncio puts "Connect call failed (address)" in strerror; the errno says why.
+                why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise ProbeFailure(Reason.CONNECT, f"cannot connect: {why}") from None
         with ctx.phase("tls") if p.ssl is not None else _null():
             try:
                 reader, writer = await asyncio.open_connection(
@@ -140,6 +145,14 @@ async def _exchange(p: Tcp, reader: asyncio.StreamReader, writer: asyncio.Stream
         raise ProbeFailure(Reason.RESET, f"connection lost: {exc.strerror}") from None
     pattern = p.expect.pattern.decode(errors="replace") if p.expect else ""
     raise ProbeFailure(Reason.EXPECT, f"response does not match {pattern!r}")
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class _null:

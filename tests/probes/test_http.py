@@ -1,0 +1,601 @@
+"""The http probe against real local servers, friendly and hostile, driven through the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+
+from exporter.metrics import TLS_NOT_AFTER
+from tests.probes import hostile
+from tests.probes.conftest import RunProbe, http_server, ipv6_loopback, not_after, url
+
+PASSWORD = "pa55-W0rd!-never-in-text"
+TOKEN = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+
+
+class Seen:
+    """What the test server received, request by request."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+
+def app_for(seen: Seen) -> web.Application:
+    async def record(request: web.Request) -> None:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": dict(request.headers),
+                "body": await request.read(),
+                "peer": peer,
+            }
+        )
+
+    async def ok(request: web.Request) -> web.Response:
+        await record(request)
+        return web.Response(text="status: healthy\nversion: 1.2.3\n")
+
+    async def status(request: web.Request) -> web.Response:
+        await record(request)
+        return web.Response(status=int(request.match_info["code"]), text="x")
+
+    async def redirect(request: web.Request) -> web.Response:
+        await record(request)
+        raise web.HTTPFound(request.query.get("to", "/ok"))
+
+    async def loop(request: web.Request) -> web.Response:
+        await record(request)
+        raise web.HTTPFound("/loop")
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await record(request)
+        await asyncio.sleep(float(request.query.get("head", 0)))
+        resp = web.StreamResponse()
+        resp.content_type = "text/plain"
+        await resp.prepare(request)
+        await resp.write(b"first ")
+        await asyncio.sleep(float(request.query.get("body", 0)))
+        await resp.write(b"last\n")
+        await resp.write_eof()
+        return resp
+
+    async def auth(request: web.Request) -> web.Response:
+        await record(request)
+        if request.headers.get("Authorization") != f"Basic {TOKEN}":
+            return web.Response(status=401, text="who are you?")
+        return web.Response(text="welcome")
+
+    app = web.Application()
+    app.router.add_route("*", "/ok", ok)
+    app.router.add_get("/status/{code}", status)
+    app.router.add_get("/redirect", redirect)
+    app.router.add_get("/loop", loop)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/auth", auth)
+    return app
+
+
+@pytest.fixture
+async def server() -> Any:
+    seen = Seen()
+    async with http_server(app_for(seen)) as (host, port):
+        yield seen, f"http://{host}:{port}"
+
+
+# -- outcomes -----------------------------------------------------------------------------------
+
+
+async def test_success(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    seen, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/ok"})
+    assert result.success, result.message
+    assert result.status_code == 200
+    assert result.message == "ok"
+    assert len(seen.requests) == 1
+    assert seen.requests[0]["method"] == "GET"
+    assert seen.requests[0]["headers"]["User-Agent"].startswith("failover_exporter/")
+
+
+async def test_wrong_status_fails(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    _, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/status/503"})
+    assert not result.success
+    assert result.reason == "http_status"
+    assert result.status_code == 503
+    assert "503" in result.message
+
+
+async def test_valid_status_codes(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    _, base = server
+    probe = {"kind": "http", "url": f"{base}/status/418", "valid_status_codes": [204, 418]}
+    assert (await run_probe(probe)).success
+    # An explicit list replaces the 2xx default: 200 is now wrong.
+    probe["url"] = f"{base}/status/200"
+    result = await run_probe(probe)
+    assert result.reason == "http_status"
+    assert result.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("must", "must_not", "reason"),
+    [
+        (["healthy", r"version: \d+\.\d+"], [], None),
+        (["unhealthy"], [], "body"),
+        ([], ["error|degraded"], None),
+        ([], ["version"], "body"),
+        (["healthy"], ["^status: healthy"], "body"),
+    ],
+)
+async def test_body_regexes(
+    run_probe: RunProbe,
+    server: tuple[Seen, str],
+    must: list[str],
+    must_not: list[str],
+    reason: str | None,
+) -> None:
+    _, base = server
+    probe = {
+        "kind": "http",
+        "url": f"{base}/ok",
+        "body_must_match": must,
+        "body_must_not_match": must_not,
+    }
+    result = await run_probe(probe)
+    assert result.reason == reason, result.message
+    assert result.success is (reason is None)
+
+
+async def test_regex_flags_inline(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    _, base = server
+    # Multiline anchors need (?m): patterns are plain Python regexes over the whole body.
+    probe = {"kind": "http", "url": f"{base}/ok", "body_must_match": ["(?m)^version: 1"]}
+    assert (await run_probe(probe)).success
+
+
+async def test_redirects_followed_by_default(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    seen, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/redirect"})
+    assert result.success, result.message
+    assert result.status_code == 200
+    assert [r["path"] for r in seen.requests] == ["/redirect", "/ok"]
+
+
+async def test_redirects_not_followed(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    seen, base = server
+    probe = {"kind": "http", "url": f"{base}/redirect", "follow_redirects": False}
+    result = await run_probe(probe)
+    assert result.reason == "http_status"
+    assert result.status_code == 302
+    probe["valid_status_codes"] = [302]
+    assert (await run_probe(probe)).success
+    assert [r["path"] for r in seen.requests] == ["/redirect", "/redirect"]
+
+
+async def test_redirect_loop_is_protocol_error(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    seen, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/loop"})
+    assert result.reason == "protocol"
+    assert "redirect" in result.message
+    assert 2 <= len(seen.requests) <= 12
+
+
+async def test_head(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    seen, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/ok", "method": "HEAD"})
+    assert result.success, result.message
+    assert seen.requests[0]["method"] == "HEAD"
+
+
+async def test_post_with_body_and_headers(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    seen, base = server
+    probe = {
+        "kind": "http",
+        "url": f"{base}/ok",
+        "method": "POST",
+        "body": '{"ping": "é"}',
+        "headers": {"Content-Type": "application/json", "X-Probe": "failover", "Host": "svc"},
+    }
+    result = await run_probe(probe)
+    assert result.success, result.message
+    request = seen.requests[0]
+    assert request["method"] == "POST"
+    assert request["body"] == '{"ping": "é"}'.encode()
+    assert request["headers"]["Content-Type"] == "application/json"
+    assert request["headers"]["X-Probe"] == "failover"
+    assert request["headers"]["Host"] == "svc"
+
+
+# -- authentication and secrets -----------------------------------------------------------------
+
+
+def assert_secret_hidden(result: Any) -> None:
+    text = "\n".join([result.message, *result.debug, repr(result.target.prepared)])
+    assert PASSWORD not in text
+    assert TOKEN not in text
+
+
+async def test_basic_auth_from_env(
+    run_probe: RunProbe, server: tuple[Seen, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen, base = server
+    monkeypatch.setenv("PROBE_PASSWORD", PASSWORD)
+    probe = {
+        "kind": "http",
+        "url": f"{base}/auth",
+        "basic_auth": {"username": "alice", "password": {"env": "PROBE_PASSWORD"}},
+    }
+    result = await run_probe(probe)
+    assert result.success, result.message
+    assert seen.requests[0]["headers"]["Authorization"] == f"Basic {TOKEN}"
+    assert_secret_hidden(result)
+
+
+async def test_basic_auth_from_file_relative_to_config(
+    run_probe: RunProbe, server: tuple[Seen, str], tmp_path: Path
+) -> None:
+    _, base = server
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "password").write_text(PASSWORD + "\n")
+    probe = {
+        "kind": "http",
+        "url": f"{base}/auth",
+        "basic_auth": {"username": "alice", "password": {"file": "secrets/password"}},
+    }
+    result = await run_probe(probe)
+    assert result.success, result.message
+    assert_secret_hidden(result)
+
+
+async def test_wrong_password_fails_without_leaking(
+    run_probe: RunProbe, server: tuple[Seen, str], tmp_path: Path
+) -> None:
+    _, base = server
+    (tmp_path / "password").write_text(PASSWORD + "-but-wrong")
+    probe = {
+        "kind": "http",
+        "url": f"{base}/auth",
+        "basic_auth": {"username": "alice", "password": {"file": str(tmp_path / "password")}},
+    }
+    result = await run_probe(probe)
+    assert result.reason == "http_status"
+    assert result.status_code == 401
+    assert_secret_hidden(result)
+
+
+async def test_secret_hidden_when_probe_fails_hard(
+    run_probe: RunProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROBE_PASSWORD", PASSWORD)
+    auth = {"username": "alice", "password": {"env": "PROBE_PASSWORD"}}
+    async with hostile.garbage() as (host, port):
+        result = await run_probe(
+            {"kind": "http", "url": url("http", host, port), "basic_auth": auth}
+        )
+    assert result.reason == "protocol"
+    assert_secret_hidden(result)
+    async with hostile.hanging() as (host, port):
+        result = await run_probe(
+            {"kind": "http", "url": url("http", host, port), "basic_auth": auth}, timeout=0.3
+        )
+    assert result.reason == "timeout"
+    assert_secret_hidden(result)
+
+
+async def test_authorization_dropped_on_cross_origin_redirect(
+    run_probe: RunProbe, server: tuple[Seen, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen, base = server
+    other_seen = Seen()
+    monkeypatch.setenv("PROBE_PASSWORD", PASSWORD)
+    async with http_server(app_for(other_seen)) as (host, port):
+        probe = {
+            "kind": "http",
+            "url": f"{base}/redirect?to={url('http', host, port, '/ok')}",
+            "basic_auth": {"username": "alice", "password": {"env": "PROBE_PASSWORD"}},
+        }
+        result = await run_probe(probe)
+    assert result.success, result.message
+    assert seen.requests[0]["headers"]["Authorization"] == f"Basic {TOKEN}"
+    assert len(other_seen.requests) == 1
+    assert "Authorization" not in other_seen.requests[0]["headers"]
+
+
+# -- hostile targets ----------------------------------------------------------------------------
+
+
+async def test_timeout_honoured_on_hanging_server(run_probe: RunProbe) -> None:
+    stats = hostile.Stats()
+    async with hostile.hanging(stats=stats) as (host, port):
+        t0 = time.perf_counter()
+        result = await run_probe({"kind": "http", "url": url("http", host, port)}, timeout=0.5)
+        elapsed = time.perf_counter() - t0
+    assert result.reason == "timeout"
+    assert "0.5s" in result.message
+    assert 0.45 <= elapsed < 0.5 + 0.5
+    assert stats.connections == 1
+    assert stats.bytes_received > 0  # it did send the request and wait for the answer
+    # The phases cut short by the timeout are still there for the operator.
+    assert "connect" in result.phases
+
+
+async def test_connection_refused(run_probe: RunProbe) -> None:
+    async with hostile.refused() as (host, port):
+        result = await run_probe({"kind": "http", "url": url("http", host, port)})
+    assert result.reason == "connect"
+    assert "refused" in result.message
+    assert result.status_code is None
+
+
+async def test_reset_mid_response(run_probe: RunProbe) -> None:
+    async with hostile.resetting() as (host, port):
+        result = await run_probe({"kind": "http", "url": url("http", host, port)})
+    assert result.reason == "reset", result.message
+
+
+async def test_closed_before_response(run_probe: RunProbe) -> None:
+    async with hostile.closing() as (host, port):
+        result = await run_probe({"kind": "http", "url": url("http", host, port)})
+    assert result.reason == "reset", result.message
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"SPDY/9 banana\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n",
+        b"HTTP/1.1 999999 Weird\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbody\r\n",
+    ],
+    ids=["not-http", "bad-length", "bad-status", "bad-chunk"],
+)
+async def test_invalid_http(run_probe: RunProbe, payload: bytes) -> None:
+    async with hostile.garbage(payload=payload) as (host, port):
+        result = await run_probe({"kind": "http", "url": url("http", host, port)})
+    assert result.reason == "protocol", result.message
+
+
+async def test_unresolvable_name(run_probe: RunProbe) -> None:
+    result = await run_probe({"kind": "http", "url": "http://no-such-host.invalid/"})
+    assert result.reason == "dns", result.message
+    assert "no-such-host.invalid" in result.message
+    assert "dns" in result.phases
+    assert "connect" not in result.phases
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["until-close", "chunked"])
+async def test_endless_body_is_bounded(run_probe: RunProbe, chunked: bool) -> None:
+    stats = hostile.Stats()
+    limit = 100_000
+    async with hostile.endless_body(chunked=chunked, stats=stats) as (host, port):
+        probe = {"kind": "http", "url": url("http", host, port), "max_body_bytes": limit}
+        result = await run_probe(probe)
+        await asyncio.sleep(0.1)  # let the server notice the hang-up
+        sent = stats.bytes_sent
+    assert result.reason == "body_too_large", result.message
+    assert result.status_code == 200
+    assert str(limit) in result.message
+    # The probe stopped reading: what the server got out is the limit plus socket buffers, not
+    # the gigabyte it was willing to send.
+    assert sent < 64 << 20, sent
+
+
+async def test_huge_declared_body_is_bounded(run_probe: RunProbe) -> None:
+    stats = hostile.Stats()
+    async with hostile.endless_body(stats=stats) as (host, port):
+        result = await run_probe({"kind": "http", "url": url("http", host, port)})
+    # The default limit applies too (1 MiB).
+    assert result.reason == "body_too_large", result.message
+    assert "1048576" in result.message
+
+
+async def test_slow_loris_times_out(run_probe: RunProbe) -> None:
+    stats = hostile.Stats()
+    async with hostile.slow_loris(stats=stats) as (host, port):
+        t0 = time.perf_counter()
+        result = await run_probe({"kind": "http", "url": url("http", host, port)}, timeout=0.6)
+        elapsed = time.perf_counter() - t0
+    assert result.reason == "timeout", result.message
+    assert elapsed < 0.6 + 0.5
+    assert stats.bytes_sent > 5  # it really was trickling while the probe waited
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tls_server(server_ssl: ssl.SSLContext) -> Any:
+    seen = Seen()
+    async with http_server(app_for(seen), ssl_context=server_ssl) as (host, port):
+        yield seen, url("https", host, port, "/ok")
+
+
+async def test_tls_self_signed_rejected_by_default(
+    run_probe: RunProbe, tls_server: tuple[Seen, str]
+) -> None:
+    seen, target = tls_server
+    result = await run_probe({"kind": "http", "url": target})
+    assert result.reason == "tls", result.message
+    assert "certif" in result.message
+    assert seen.requests == []
+
+
+async def test_tls_verify_off_reports_expiry(
+    run_probe: RunProbe, tls_server: tuple[Seen, str], server_cert: trustme.LeafCert
+) -> None:
+    _, target = tls_server
+    result = await run_probe({"kind": "http", "url": target, "tls": {"verify": False}})
+    assert result.success, result.message
+    assert result.gauges[TLS_NOT_AFTER.name] == not_after(server_cert)
+
+
+async def test_tls_custom_ca(
+    run_probe: RunProbe,
+    tls_server: tuple[Seen, str],
+    ca_file: str,
+    server_cert: trustme.LeafCert,
+) -> None:
+    _, target = tls_server
+    result = await run_probe({"kind": "http", "url": target, "tls": {"ca_file": ca_file}})
+    assert result.success, result.message
+    assert result.gauges[TLS_NOT_AFTER.name] == not_after(server_cert)
+    assert {"connect", "tls", "first_byte", "transfer"} <= set(result.phases)
+    assert "dns" not in result.phases
+
+
+async def test_tls_wrong_server_name(
+    run_probe: RunProbe, tls_server: tuple[Seen, str], ca_file: str
+) -> None:
+    _, target = tls_server
+    tls = {"ca_file": ca_file, "server_name": "elsewhere.example"}
+    result = await run_probe({"kind": "http", "url": target, "tls": tls})
+    assert result.reason == "tls", result.message
+
+
+async def test_tls_handshake_stall_times_out(run_probe: RunProbe) -> None:
+    stats = hostile.Stats()
+    async with hostile.tls_stall(stats=stats) as (host, port):
+        t0 = time.perf_counter()
+        result = await run_probe({"kind": "http", "url": url("https", host, port)}, timeout=0.5)
+        elapsed = time.perf_counter() - t0
+    assert result.reason == "timeout", result.message
+    assert elapsed < 0.5 + 0.5
+    assert stats.bytes_received > 0  # the ClientHello went out and was never answered
+    assert "connect" in result.phases
+
+
+async def test_plain_http_to_tls_port(run_probe: RunProbe, tls_server: tuple[Seen, str]) -> None:
+    _, target = tls_server
+    result = await run_probe({"kind": "http", "url": target.replace("https:", "http:")})
+    assert not result.success
+    assert result.reason in ("protocol", "reset"), result.message
+
+
+# -- phases -------------------------------------------------------------------------------------
+
+
+async def test_phases_plain_ip(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    _, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/slow?head=0.05&body=0.05"})
+    assert result.success, result.message
+    phases = result.phases
+    assert set(phases) == {"connect", "first_byte", "transfer"}
+    assert phases["first_byte"] >= 0.05
+    assert phases["transfer"] >= 0.05
+    assert result.duration >= 0.1
+    # Phases do not overlap: together they fit in the probe's duration.
+    assert sum(phases.values()) <= result.duration + 0.001
+
+
+async def test_phases_name_has_dns(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    _, base = server
+    target = base.replace("127.0.0.1", "localhost") + "/slow?head=0.05"
+    result = await run_probe({"kind": "http", "url": target, "ip_family": "ipv4"})
+    assert result.success, result.message
+    phases = result.phases
+    assert set(phases) == {"dns", "connect", "first_byte", "transfer"}
+    assert phases["first_byte"] >= 0.05
+    assert sum(phases.values()) <= result.duration + 0.001
+
+
+async def test_phases_tls(run_probe: RunProbe, tls_server: tuple[Seen, str], ca_file: str) -> None:
+    _, target = tls_server
+    target = target.replace("/ok", "/slow?head=0.05")
+    result = await run_probe({"kind": "http", "url": target, "tls": {"ca_file": ca_file}})
+    assert result.success, result.message
+    phases = result.phases
+    assert set(phases) == {"connect", "tls", "first_byte", "transfer"}
+    assert phases["tls"] > 0
+    assert phases["first_byte"] >= 0.05
+    assert sum(phases.values()) <= result.duration + 0.001
+
+
+async def test_phases_after_redirect(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    _, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/redirect?to=/slow%3Fhead%3D0.05"})
+    assert result.success, result.message
+    assert result.phases["first_byte"] >= 0.05
+    assert sum(result.phases.values()) <= result.duration + 0.001
+
+
+# -- connections --------------------------------------------------------------------------------
+
+
+async def test_new_connection_per_probe_by_default(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    seen, base = server
+    for _ in range(2):
+        result = await run_probe({"kind": "http", "url": f"{base}/ok"})
+        assert result.success, result.message
+        assert "connect" in result.phases
+    peers = {r["peer"] for r in seen.requests}
+    assert len(peers) == 2
+    assert all(r["headers"].get("Connection") == "close" for r in seen.requests)
+
+
+async def test_keep_alive_reuses_connection(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    seen, base = server
+    probe = {"kind": "http", "url": f"{base}/ok", "keep_alive": True}
+    first = await run_probe(probe)
+    second = await run_probe(probe)
+    assert first.success, first.message
+    assert second.success, second.message
+    peers = {r["peer"] for r in seen.requests}
+    assert len(seen.requests) == 2
+    assert len(peers) == 1
+    assert "connect" in first.phases
+    # The second probe measured no connection set-up because there was none.
+    assert "connect" not in second.phases
+    assert "first_byte" in second.phases
+
+
+# -- address families ---------------------------------------------------------------------------
+
+
+async def test_ipv6_literal(run_probe: RunProbe) -> None:
+    ipv6_loopback()
+    seen = Seen()
+    async with http_server(app_for(seen), host="::1") as (host, port):
+        for family in ("any", "ipv6"):
+            target = url("http", host, port, "/ok")
+            result = await run_probe({"kind": "http", "url": target, "ip_family": family})
+            assert result.success, result.message
+    assert all(r["peer"][0] == "::1" for r in seen.requests)
+
+
+async def test_ipv4_family_with_name(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    seen, base = server
+    target = base.replace("127.0.0.1", "localhost") + "/ok"
+    result = await run_probe({"kind": "http", "url": target, "ip_family": "ipv4"})
+    assert result.success, result.message
+    assert seen.requests[0]["peer"][0] == "127.0.0.1"
+
+
+async def test_ipv6_family_never_uses_ipv4(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    ipv6_loopback()
+    seen, base = server
+    port = int(base.rsplit(":", 1)[1])
+    # Hold ::1 at the same port, not listening: if the name has an IPv6 address the probe gets
+    # "refused" there; if not, it fails at DNS. It must never reach the IPv4 server.
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("::1", port))
+        except OSError:
+            pytest.skip(f"[::1]:{port} is taken by another process")
+        target = f"http://localhost:{port}/ok"
+        result = await run_probe({"kind": "http", "url": target, "ip_family": "ipv6"})
+    assert result.reason in ("dns", "connect"), result.message
+    assert seen.requests == []
