@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator, Sequence
 from aiohttp import web
 
 from exporter import web as handlers
+from exporter import webconfig
 from exporter.config import Config
 from exporter.engine import Engine
+from exporter.webconfig import WebConfig
 
 INITIAL_CONFIG: web.AppKey[Config] = web.AppKey("initial_config", Config)
 # /probe runs real probes on request; a handful at once is plenty for debugging.
@@ -28,7 +30,10 @@ async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(
-    engine: Engine, config: Config, extra_routes: Sequence[web.RouteDef] = ()
+    engine: Engine,
+    config: Config,
+    extra_routes: Sequence[web.RouteDef] = (),
+    web_config: WebConfig | None = None,
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_REQUEST_BODY,
@@ -39,4 +44,5 @@ def make_app(
     app[handlers.PROBE_SLOTS] = asyncio.Semaphore(PROBE_CONCURRENCY)
     app.add_routes([*handlers.routes(), *extra_routes])
     app.cleanup_ctx.append(_engine_lifetime)
+    webconfig.install(app, web_config)
     return app

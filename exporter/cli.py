@@ -14,11 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter import __version__, config
+from exporter import __version__, config, webconfig
 from exporter import log as logsetup
 from exporter.app import make_app
 from exporter.config import Config, ConfigError
 from exporter.engine import Engine
+from exporter.webconfig import WebConfig
 
 DEFAULT_LISTEN = ":10077"
 COMMANDS = ("run", "check-config", "demo", "drill")
@@ -46,6 +47,13 @@ def _common_web(p: argparse.ArgumentParser) -> None:
         default="logfmt",
         choices=["logfmt", "json"],
         help="log line format (default logfmt)",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        default=None,
+        metavar="FILE",
+        help="TLS and basic auth for every endpoint, in the Prometheus exporter-toolkit format",
     )
 
 
@@ -147,10 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"failover-exporter: {exc}", file=sys.stderr)
         return 2
+    web_config = None
+    if args.web_config is not None:
+        try:
+            web_config = webconfig.load(args.web_config)
+        except ConfigError as exc:
+            print(
+                f"failover-exporter: invalid web config ({len(exc.issues)} errors):",
+                file=sys.stderr,
+            )
+            for issue in exc.issues:
+                print(f"  {issue}", file=sys.stderr)
+            return 1
     if args.command == "demo":
         from exporter import demo
 
-        return demo.main(listen, args.outage_after)
+        return demo.main(listen, args.outage_after, web_config)
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:
@@ -159,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {issue}", file=sys.stderr)
         return 1
     engine = Engine(path=Path(args.config))
-    return asyncio.run(serve(engine, cfg, listen))
+    return asyncio.run(serve(engine, cfg, listen, web_config=web_config))
 
 
 def _drill(args: argparse.Namespace) -> int:
@@ -209,14 +229,16 @@ async def serve(
     listen: tuple[str | None, int],
     started: Callable[[int], Awaitable[None]] | None = None,
     extra_routes: Sequence[web.RouteDef] = (),
+    web_config: WebConfig | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
     loop = asyncio.get_running_loop()
-    app = make_app(engine, cfg, extra_routes)
+    app = make_app(engine, cfg, extra_routes, web_config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     host, port = listen
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    ssl_context = web_config.ssl_context if web_config else None
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -227,7 +249,14 @@ async def serve(
     server: Any = site._server
     if port == 0 and server is not None and server.sockets:
         bound = server.sockets[0].getsockname()[1]
-    log.info("listening", extra={"address": f"{host or ''}:{bound}", "version": __version__})
+    log.info(
+        "listening",
+        extra={
+            "address": f"{host or ''}:{bound}",
+            "version": __version__,
+            **webconfig.describe(web_config),
+        },
+    )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)

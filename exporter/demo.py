@@ -22,6 +22,7 @@ from aiohttp import web
 from exporter import cli, config
 from exporter.config import Config
 from exporter.engine import Engine
+from exporter.webconfig import WebConfig
 
 log = logging.getLogger("exporter.demo")
 
@@ -139,7 +140,11 @@ def demo_config(ports: dict[str, int], control_port: int) -> Config:
     )
 
 
-async def run(listen: tuple[str | None, int], outage_after: float | None) -> int:
+async def run(
+    listen: tuple[str | None, int],
+    outage_after: float | None,
+    web_config: WebConfig | None = None,
+) -> int:
     rng = random.Random(7)
     async with _serve(_control_app()) as (_, control_port):
         runners: dict[str, web.AppRunner] = {}
@@ -169,7 +174,7 @@ async def run(listen: tuple[str | None, int], outage_after: float | None) -> int
                     outage.append(asyncio.create_task(primary.after(outage_after)))
 
             try:
-                return await cli.serve(engine, cfg, listen, started, primary.routes())
+                return await cli.serve(engine, cfg, listen, started, primary.routes(), web_config)
             finally:
                 for task in outage:
                     task.cancel()
@@ -212,5 +217,9 @@ class Outage:
         return [web.post("/-/demo/outage", outage), web.post("/-/demo/recover", recover)]
 
 
-def main(listen: tuple[str | None, int], outage_after: float | None) -> int:
-    return asyncio.run(run(listen, outage_after))
+def main(
+    listen: tuple[str | None, int],
+    outage_after: float | None,
+    web_config: WebConfig | None = None,
+) -> int:
+    return asyncio.run(run(listen, outage_after, web_config))
