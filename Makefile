@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_WORKERS ?= 2
 LISTEN ?= :10077
 
-.PHONY: demo test lint format system-deps clean
+.PHONY: demo test lint format system-deps bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ format: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)
+
+# Side-by-side performance run against blackbox_exporter (root; ~12 min). Not part of `test`.
+bench: $(STAMP)
+	@bench/system-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

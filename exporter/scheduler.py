@@ -150,6 +150,20 @@ class Scheduler:
             self.metrics.start_delay.observe(delay)
             self._count_start(delay)
             result = await self.probe(target)
+            if log.isEnabledFor(logging.DEBUG):
+                # One line per probe: the single measurements the histogram folds away, for
+                # debugging a target and for `make bench` to join against packet captures.
+                log.debug(
+                    "probe finished",
+                    extra={
+                        "target": target.name,
+                        "started": result.started,
+                        "duration": result.duration,
+                        "start_delay": delay,
+                        "success": result.success,
+                        "reason": result.reason,
+                    },
+                )
             state = self.states.get(target.key)
             if state is None or state.target is not target:
                 return
