@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from exporter import schema
+from exporter.docker_images import DockerSettings, RunSettings
 from exporter.fields import SettingError, format_duration, parse_duration
 from exporter.metrics import Role
 from exporter.probes import REGISTRY
@@ -56,6 +57,9 @@ class Target:
     prepared: Any = dataclasses.field(compare=False)
     interval: float
     timeout: float
+    # Config outside the probe settings that `prepared` was bound to (a cold start's region
+    # endpoint and image); compared, so that changing it restarts the target on reload.
+    bound: Any = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -81,6 +85,7 @@ class Region:
     name: str
     role: str
     priority: int
+    docker: DockerSettings | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,18 @@ class Image:
     dockerfile: str | None
     context: str | None
     build_target: str | None
+    build_args: dict[str, str] = dataclasses.field(default_factory=dict)
+    run: RunSettings | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """What a probe whose prepared object has `bind(binding)` may depend on beyond its settings."""
+
+    vantage: str
+    target: str
+    region: Region | None
+    image: Image | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,10 +346,18 @@ def _build(root: schema.Root, src: _Source, base_dir: Path, text: str) -> Config
     images: list[Image] = []
     d = root.defaults
 
-    def make(loc: Loc, t: schema.Target | schema.ControlTarget, **labels: str) -> None:
+    def make(
+        loc: Loc,
+        t: schema.Target | schema.ControlTarget,
+        binding: Binding | None = None,
+        **labels: str,
+    ) -> None:
         kind = REGISTRY[t.probe.kind]
         try:
             prepared = kind.prepare(t.probe, base_dir)
+            bind = getattr(prepared, "bind", None)
+            if bind is not None:
+                prepared = bind(binding or Binding(root.vantage, t.name, None, None))
         except SettingError as exc:
             field = tuple(p for p in exc.field.split(".") if p)
             issues.append(src.issue((*loc, "probe", *field), exc.message))
@@ -349,6 +374,7 @@ def _build(root: schema.Root, src: _Source, base_dir: Path, text: str) -> Config
                 prepared=prepared,
                 interval=t.interval or d.interval,
                 timeout=t.timeout or d.timeout,
+                bound=binding if bind is not None else None,
                 **labels,
             )
         )
@@ -357,15 +383,35 @@ def _build(root: schema.Root, src: _Source, base_dir: Path, text: str) -> Config
         make(("control", i), c, service="", region="", role=Role.CONTROL.value, image="")
     for s, svc in enumerate(root.services):
         roles = {r.name: r.role for r in svc.regions}
-        regions.extend(Region(svc.name, r.name, r.role, r.priority) for r in svc.regions)
-        images.extend(
-            Image(svc.name, i.name, i.ref, i.dockerfile, i.context, i.build_target)
+        by_region: dict[str, Region] = {}
+        for r, reg in enumerate(svc.regions):
+            docker = None
+            if reg.docker is not None:
+                try:
+                    docker = reg.docker.resolve(base_dir)
+                except ValueError as exc:
+                    issues.append(src.issue(("services", s, "regions", r, "docker"), str(exc)))
+            by_region[reg.name] = Region(svc.name, reg.name, reg.role, reg.priority, docker)
+        regions.extend(by_region.values())
+        by_image = {
+            i.name: Image(
+                svc.name,
+                i.name,
+                i.ref,
+                i.dockerfile,
+                i.context,
+                i.build_target,
+                dict(i.build_args),
+                i.run,
+            )
             for i in svc.images
-        )
+        }
+        images.extend(by_image.values())
         for t, tgt in enumerate(svc.targets):
             make(
                 ("services", s, "targets", t),
                 tgt,
+                Binding(root.vantage, tgt.name, by_region[tgt.region], by_image[tgt.image]),
                 service=svc.name,
                 region=tgt.region,
                 role=roles[tgt.region],

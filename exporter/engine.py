@@ -18,6 +18,7 @@ from prometheus_client import (
 
 from exporter import __version__, config
 from exporter.config import Config, ConfigError
+from exporter.docker_images import ImageRefresher
 from exporter.metrics import SelfMetrics
 from exporter.resources import Resources
 from exporter.scheduler import Scheduler
@@ -44,6 +45,9 @@ class Engine:
         ).set(1)
         self.resources = Resources()
         self.scheduler = Scheduler(self.metrics, self.resources)
+        # Image metadata is read in the background and rendered from its cached snapshot.
+        self.images = ImageRefresher(self.resources)
+        self.registry.register(self.images)
         self.config: Config | None = None
         self.last_reload_errors: list[str] = []
 
@@ -61,6 +65,7 @@ class Engine:
 
     def _use(self, cfg: Config) -> None:
         self.scheduler.apply(cfg)
+        self.images.apply(cfg)
         self.config = cfg
         self.last_reload_errors = []
         self.metrics.reload_ok.set(1)
@@ -94,5 +99,7 @@ class Engine:
     async def aclose(self) -> None:
         try:
             await self.scheduler.stop()
+            await self.images.stop()
         finally:
+            # Last: closing the Docker handles removes any cold-start container still around.
             await self.resources.aclose()

@@ -48,6 +48,9 @@ class Resources:
         suspect; the thread finishes in the background.
         """
         future = asyncio.get_running_loop().run_in_executor(self.executor, func)
+        # After a timeout nobody awaits the future; retrieve its outcome so a late failure is
+        # not logged as "exception was never retrieved".
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         async with asyncio.timeout(timeout):
             return await asyncio.shield(future)
 

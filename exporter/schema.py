@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import Field
 
+from exporter.docker_images import DockerSettings, RunSettings
 from exporter.fields import Duration, Model, Name
 from exporter.probes import REGISTRY
 from exporter.probes.base import ProbeSettings
@@ -34,6 +35,8 @@ class Region(Model):
     name: Name
     role: Literal["primary", "standby"]
     priority: int = Field(ge=1, le=1000)
+    # Docker Engine of this region: image metrics and cold_start probes (docs/docker.md).
+    docker: DockerSettings | None = None
 
 
 class Image(Model):
@@ -42,6 +45,10 @@ class Image(Model):
     dockerfile: str | None = None
     context: str | None = None
     build_target: str | None = None
+    build_args: dict[str, str] = Field(default_factory=dict)
+    # How to run the image for cold_start probes and `bench`; on the image, not the probe,
+    # because bench runs images without any target.
+    run: RunSettings | None = None
 
 
 class Target(Model):
