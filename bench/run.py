@@ -155,6 +155,7 @@ def outer(args: argparse.Namespace) -> int:
             "ip", "netns", "exec", cli, sys.executable, str(Path(__file__).resolve()), "--inner",
             "--srv-ns", srv, "--veth", veth_c, "--work", str(work), "--profile", args.profile,
             "--json", str(Path(args.json).resolve()), *(["--only", args.only] if args.only else []),
+            *(["--rates", args.rates] if args.rates else []),
         ]  # fmt: skip
         return subprocess.run(inner_cmd, check=False, timeout=args.timeout).returncode
     finally:
@@ -215,7 +216,9 @@ class Env:
         self.srv_ns: str = a.srv_ns
         self.veth: str = a.veth
         self.work = Path(a.work)
-        self.prof = PROFILES[a.profile]
+        self.prof = dict(PROFILES[a.profile])
+        if a.rates:
+            self.prof["accuracy_rates"] = [int(r) for r in a.rates.split(",")]
         self.prober_cpu, self.other_cpu = cpus()
         self.exporter = str(Path(sys.executable).parent / "failover-exporter")
 
@@ -350,7 +353,12 @@ class Ours:
              "--log.format", "json"],
             self.env.prober_cpu, stderr=self.logfile, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        await wait_http(OURS_PORT, "/-/ready", self.proc)
+        try:
+            await wait_http(OURS_PORT, "/-/ready", self.proc)
+        except BaseException:
+            self.proc.stop()
+            self.logfile.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -831,6 +839,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+async def attempt(fn: Any, env: Env, rate: int, secs: float) -> dict[str, Any]:
+    """One prober run; a run that breaks (a collapsed prober that never answers, say) is
+    recorded as failed instead of ending the whole bench."""
+    try:
+        return dict(await asyncio.wait_for(fn(env, rate, secs), PHASE_TIMEOUT))
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        tool = "ours" if fn is run_ours else "blackbox"
+        log(f"{tool:8} {rate:5}/s run FAILED: {exc}")
+        empty = {"p50_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
+        return {"tool": tool, "rate": rate, "passed": False, "run_error": str(exc)[:500],
+                "error": empty, "start_delay": empty, "cpu": None, "rss_mib": None}  # fmt: skip
+
+
 def write_json(path: Path, res: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1) + "\n")
@@ -856,8 +877,7 @@ async def inner(a: argparse.Namespace) -> int:
             res["accuracy"] = []
             for rate in prof["accuracy_rates"]:
                 for fn in (run_ours, run_bb):
-                    r = await asyncio.wait_for(fn(env, rate, prof["accuracy_secs"]), PHASE_TIMEOUT)
-                    res["accuracy"].append(r)
+                    res["accuracy"].append(await attempt(fn, env, rate, prof["accuracy_secs"]))
         if "throughput" in only:
             res["throughput"] = {}
             for tool, fn, ladder in (
@@ -866,7 +886,7 @@ async def inner(a: argparse.Namespace) -> int:
             ):
                 runs, best = [], None
                 for rate in ladder:
-                    r = await asyncio.wait_for(fn(env, rate, prof["ladder_secs"]), PHASE_TIMEOUT)
+                    r = await attempt(fn, env, rate, prof["ladder_secs"])
                     runs.append(r)
                     if not r["passed"]:
                         break  # past the cliff; higher rates only take longer to fail
@@ -892,6 +912,7 @@ def main() -> int:
     p.add_argument("--profile", choices=sorted(PROFILES), default="full")
     p.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     p.add_argument("--only", help="comma list of accuracy,throughput,scrape,churn")
+    p.add_argument("--rates", help="override the accuracy rates, e.g. 1000,2500")
     p.add_argument("--timeout", type=float, default=1500, help="whole run, seconds (1500)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--srv-ns", help=argparse.SUPPRESS)
