@@ -176,7 +176,7 @@ class Scheduler:
     async def probe(self, target: Target) -> Result:
         """Run one probe of `target` under its timeout and return the result (no metrics)."""
         kind = REGISTRY[target.kind]
-        ctx = ProbeContext(self.resources)
+        ctx = ProbeContext(self.resources, target.vantage, target.timeout)
         started = time.time()
         reason: str | None = None
         message = "ok"

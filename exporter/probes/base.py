@@ -32,10 +32,23 @@ class ProbeFailure(Exception):
 class ProbeContext:
     """What a running probe records: phase timings, extra gauges, debug lines."""
 
-    __slots__ = ("debug", "gauges", "observations", "phases", "resources", "status_code")
+    __slots__ = (
+        "debug",
+        "gauges",
+        "observations",
+        "phases",
+        "resources",
+        "status_code",
+        "timeout",
+        "vantage",
+    )
 
-    def __init__(self, resources: Resources) -> None:
+    def __init__(self, resources: Resources, vantage: str = "", timeout: float = 0.0) -> None:
         self.resources = resources
+        # Who is probing (a postgres heartbeat row is keyed by it) and the scheduler's timeout
+        # for this run, so a probe can bound server-side work (statement_timeout) to match.
+        self.vantage = vantage
+        self.timeout = timeout
         self.phases: dict[str, float] = {}
         self.gauges: dict[str, float] = {}
         self.status_code: int | None = None
