@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from aiohttp import web
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
+from exporter.config import Target
 from exporter.metrics import SelfMetrics
 from exporter.probes import REGISTRY
 from exporter.resources import Resources
@@ -49,19 +52,65 @@ async def scheduler() -> AsyncIterator[Scheduler]:
         await resources.aclose()
 
 
+def run_delay() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat).
+
+    Timing bounds add what the OS withheld: on a shared, overloaded machine the event loop can
+    be starved for longer than any bound, which says nothing about the code under test.
+    """
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+@dataclasses.dataclass
+class Timed:
+    result: Result
+    elapsed: float  # wall time of the probe call alone (config loading excluded)
+    starved: float  # of which the thread was waiting for a CPU
+
+
+TimedProbe = Callable[..., Awaitable[Timed]]
+
+
 @pytest.fixture
-def run_probe(make_config: MakeConfig, scheduler: Scheduler) -> RunProbe:
-    """Run one probe given its settings as a dict; the config goes through YAML like a user's.
+def make_target(make_config: MakeConfig) -> Callable[..., Target]:
+    """A Target from probe settings given as a dict, through YAML like a user's config."""
+
+    def make(probe: dict[str, Any], timeout: float = 2.0) -> Target:
+        defaults = f"defaults: {{interval: 10s, timeout: {timeout}s}}\n"
+        cfg = make_config(one_service({"t": json.dumps(probe)}, defaults=defaults))
+        return cfg.targets[0]
+
+    return make
+
+
+@pytest.fixture
+def timed_probe(make_target: Callable[..., Target], scheduler: Scheduler) -> TimedProbe:
+    """Run one probe as the scheduler does and time that call alone."""
+
+    async def run(probe: dict[str, Any], timeout: float = 2.0) -> Timed:
+        target = make_target(probe, timeout)
+        delay0, t0 = run_delay(), time.perf_counter()
+        result = await scheduler.probe(target)
+        elapsed, starved = time.perf_counter() - t0, run_delay() - delay0
+        check_result(result)
+        return Timed(result, elapsed, starved)
+
+    return run
+
+
+@pytest.fixture
+def run_probe(timed_probe: TimedProbe) -> RunProbe:
+    """Run one probe given its settings as a dict and return its Result.
 
     Calls share one Scheduler (and so one set of long-lived sessions), as in the daemon.
     """
 
     async def run(probe: dict[str, Any], timeout: float = 2.0) -> Result:
-        defaults = f"defaults: {{interval: 10s, timeout: {timeout}s}}\n"
-        cfg = make_config(one_service({"t": json.dumps(probe)}, defaults=defaults))
-        result = await scheduler.probe(cfg.targets[0])
-        check_result(result)
-        return result
+        return (await timed_probe(probe, timeout)).result
 
     return run
 
@@ -123,3 +172,15 @@ def ipv6_loopback() -> None:
             sock.bind(("::1", 0))
     except OSError as exc:
         pytest.skip(f"NO IPV6 ON LOOPBACK: cannot bind ::1 ({exc.strerror}); IPv6 cases not run")
+
+
+# Beyond the timeout, what a probe may take to give up and clean up, CPU starvation excluded.
+SLACK = 0.25
+
+
+def assert_timed_out(timed: Timed, timeout: float) -> None:
+    """The probe failed by timeout, having waited the timeout and not much more."""
+    assert timed.result.reason == "timeout", timed.result.message
+    assert f"{timeout:g}s" in timed.result.message
+    assert timed.elapsed >= timeout * 0.95, timed.elapsed
+    assert timed.elapsed - timed.starved < timeout + SLACK, (timed.elapsed, timed.starved)
