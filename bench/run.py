@@ -95,6 +95,10 @@ def pct(values: list[float], q: float) -> float | None:
     return data[min(len(data) - 1, round(q * (len(data) - 1)))]
 
 
+def loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
 def ms_stats(values: list[float]) -> dict[str, float | None]:
     def r(v: float | None) -> float | None:
         return None if v is None else round(v * 1000, 3)
@@ -157,7 +161,9 @@ def outer(args: argparse.Namespace) -> int:
             "--json", str(Path(args.json).resolve()), *(["--only", args.only] if args.only else []),
             *(["--rates", args.rates] if args.rates else []),
         ]  # fmt: skip
-        return subprocess.run(inner_cmd, check=False, timeout=args.timeout).returncode
+        return subprocess.run(
+            inner_cmd, check=False, timeout=args.timeout, preexec_fn=_die_with_parent
+        ).returncode
     finally:
         for ns in (cli, srv):
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
@@ -170,6 +176,13 @@ def outer(args: argparse.Namespace) -> int:
 # -- inner: processes ------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """Children get SIGKILL when the harness dies, however it dies: no prober outlives a run."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Proc:
     """A child process pinned to one core; always stopped, by its own pid."""
 
@@ -177,7 +190,10 @@ class Proc:
         prefix = ["ip", "netns", "exec", ns] if ns else []
         # ip netns exec and taskset both exec: the pid is the program's own.
         self.p = subprocess.Popen(
-            [*prefix, "taskset", "-c", str(cpu), *cmd], start_new_session=True, **kw
+            [*prefix, "taskset", "-c", str(cpu), *cmd],
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            **kw,
         )
 
     @property
@@ -631,6 +647,8 @@ def summarize(
         "cpu": round(cpu, 3),
         "rss_mib": round(rss_kib / 1024, 1),
         "passed": passed,
+        # Other work on the machine shows here; the prober's core is not reserved.
+        "loadavg_1m": float(loadavg()[0]),
         **extra,
     }
     log(
@@ -900,6 +918,7 @@ async def inner(a: argparse.Namespace) -> int:
         if "churn" in only:
             res["churn"] = await asyncio.wait_for(run_churn(env), prof["churn_secs"] + 60)
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    res["machine"]["loadavg_at_end"] = loadavg()
     res["table"] = table(res)
     write_json(Path(a.json), res)
     print(res["table"])
