@@ -73,10 +73,11 @@ class Timed:
 
 
 TimedProbe = Callable[..., Awaitable[Timed]]
+MakeTarget = Callable[..., Target]
 
 
 @pytest.fixture
-def make_target(make_config: MakeConfig) -> Callable[..., Target]:
+def make_target(make_config: MakeConfig) -> MakeTarget:
     """A Target from probe settings given as a dict, through YAML like a user's config."""
 
     def make(probe: dict[str, Any], timeout: float = 2.0) -> Target:
@@ -88,7 +89,7 @@ def make_target(make_config: MakeConfig) -> Callable[..., Target]:
 
 
 @pytest.fixture
-def timed_probe(make_target: Callable[..., Target], scheduler: Scheduler) -> TimedProbe:
+def timed_probe(make_target: MakeTarget, scheduler: Scheduler) -> TimedProbe:
     """Run one probe as the scheduler does and time that call alone."""
 
     async def run(probe: dict[str, Any], timeout: float = 2.0) -> Timed:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import socket
 import struct
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -235,6 +236,31 @@ async def closing(
 
     async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.close()
+
+    async with serve(handle, host, seen) as address:
+        yield address
+
+
+@contextlib.asynccontextmanager
+async def gzip_bomb(
+    size: int = 16 << 20, host: str = "127.0.0.1", stats: Stats | None = None
+) -> AsyncIterator[tuple[str, int]]:
+    """A small gzip body that inflates to `size` bytes of zeros."""
+    seen = stats if stats is not None else Stats()
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip framing
+    block = bytes(1 << 20)
+    body = b"".join(packer.compress(block) for _ in range(size >> 20)) + packer.flush()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader, seen)
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        )
+        writer.write(head + body)
+        await writer.drain()
+        seen.bytes_sent += len(head) + len(body)
+        await _drain_until_eof(reader, seen)
 
     async with serve(handle, host, seen) as address:
         yield address

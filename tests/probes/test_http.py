@@ -23,6 +23,7 @@ from exporter.scheduler import Scheduler
 from tests.conftest import MakeConfig, one_service
 from tests.probes import hostile
 from tests.probes.conftest import (
+    MakeTarget,
     RunProbe,
     TimedProbe,
     assert_timed_out,
@@ -413,6 +414,15 @@ async def test_huge_declared_body_is_bounded(run_probe: RunProbe) -> None:
     assert "1048576" in result.message
 
 
+async def test_gzip_bomb_is_bounded(run_probe: RunProbe) -> None:
+    stats = hostile.Stats()
+    async with hostile.gzip_bomb(stats=stats) as (host, port):
+        result = await run_probe({"kind": "http", "url": url("http", host, port)})
+    # The limit counts inflated bytes: some 16 KiB on the wire are 16 MiB of body.
+    assert stats.bytes_sent < 1 << 20
+    assert result.reason == "body_too_large", result.message
+
+
 async def test_slow_loris_times_out(timed_probe: TimedProbe) -> None:
     stats = hostile.Stats()
     async with hostile.slow_loris(stats=stats) as (host, port):
@@ -567,6 +577,27 @@ async def test_keep_alive_reuses_connection(run_probe: RunProbe, server: tuple[S
     # The second probe measured no connection set-up because there was none.
     assert "connect" not in second.phases
     assert "first_byte" in second.phases
+
+
+async def test_keep_alive_tls_reports_expiry_every_time(
+    make_target: MakeTarget,
+    scheduler: Scheduler,
+    tls_server: tuple[Seen, str],
+    ca_file: str,
+    server_cert: trustme.LeafCert,
+) -> None:
+    seen, target = tls_server
+    # One target probed twice, as the daemon does: its TLS context is part of the pool key.
+    tgt = make_target(
+        {"kind": "http", "url": target, "keep_alive": True, "tls": {"ca_file": ca_file}}
+    )
+    results = [await scheduler.probe(tgt) for _ in range(2)]
+    assert len({r["peer"] for r in seen.requests}) == 1
+    for result in results:
+        assert result.success, result.message
+        assert result.gauges[TLS_NOT_AFTER.name] == not_after(server_cert)
+    assert "tls" in results[0].phases
+    assert "tls" not in results[1].phases
 
 
 # -- address families ---------------------------------------------------------------------------
