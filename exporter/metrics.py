@@ -122,8 +122,8 @@ PROBE_SUCCESS = MetricSpec(
 PROBE_DURATION = MetricSpec(
     "failover_probe_duration_seconds",
     Type.HISTOGRAM,
-    f"End-to-end latency of successful probes. {_SCHEDULED}, so the distribution fills at a "
-    "steady rate whatever the scrape interval.",
+    f"End-to-end latency of successful probes (icmp: the round trip of each echo reply). "
+    f"{_SCHEDULED}, so the distribution fills at a steady rate whatever the scrape interval.",
     Scope.TARGET,
     buckets=LATENCY_BUCKETS,
 )
@@ -144,7 +144,7 @@ PROBE_PHASE = MetricSpec(
     "failover_probe_phase_duration_seconds",
     Type.GAUGE,
     "Duration of each phase of the last probe (http: dns, connect, tls, first_byte, transfer; "
-    "tcp: dns, connect, tls, expect; postgres: connect, read, write).",
+    "tcp: dns, connect, tls, expect; postgres: connect, read, write; icmp: dns, rtt).",
     Scope.TARGET,
     labels=("phase",),
 )
@@ -205,6 +205,22 @@ IMAGE_PULL = MetricSpec(
     "Image pull time, when a cold start had to pull the image first.",
     Scope.TARGET,
     buckets=COLD_START_BUCKETS,
+)
+
+ICMP_SENT = MetricSpec(
+    "failover_icmp_packets_sent_total",
+    Type.COUNTER,
+    "Echo requests sent by icmp probes (a request the kernel refused to send counts too). "
+    "Loss ratio: rate of failover_icmp_packets_lost_total over rate of this.",
+    Scope.TARGET,
+)
+ICMP_LOST = MetricSpec(
+    "failover_icmp_packets_lost_total",
+    Type.COUNTER,
+    "Echo requests of icmp probes that got no reply before the probe ended. A probe succeeds "
+    "when at least one reply came back; each reply's round trip is one observation of "
+    "failover_probe_duration_seconds.",
+    Scope.TARGET,
 )
 
 REGION_INFO = MetricSpec(
@@ -336,6 +352,8 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     POSTGRES_IN_RECOVERY,
     COLD_START,
     IMAGE_PULL,
+    ICMP_SENT,
+    ICMP_LOST,
     REGION_INFO,
     IMAGE_SIZE,
     IMAGE_LAYERS,

@@ -97,19 +97,29 @@ class TargetState:
         g = self.gauges
         g[metrics.PROBE_SUCCESS.name] = 1.0 if result.success else 0.0
         g.update(result.gauges)
+        latencies: list[float] = []
         for name, value in result.observations:
             self.observe(name, value)
+            if name == metrics.PROBE_DURATION.name:
+                latencies.append(value)
         if result.status_code is not None:
             g[metrics.HTTP_STATUS.name] = float(result.status_code)
         if result.success:
-            self.histograms[metrics.PROBE_DURATION.name].observe(result.duration)
+            # A probe that observed its own latency samples (icmp: one per reply) replaces the
+            # end-to-end duration, which would count pacing and waits for lost packets.
+            if not latencies:
+                self.histograms[metrics.PROBE_DURATION.name].observe(result.duration)
+                latencies.append(result.duration)
             g[metrics.PROBE_LAST_SUCCESS.name] = time.time()
-            self.recent.append(result.duration)
+            self.recent.extend(latencies)
         elif result.reason is not None:
             self.failures[result.reason] = self.failures.get(result.reason, 0) + 1
 
     def observe(self, name: str, value: float) -> None:
-        """Observe a kind-specific histogram from the catalogue (e.g. cold start)."""
+        """Observe a catalogue histogram (e.g. cold start) or add to a catalogue counter."""
+        if metrics.BY_NAME[name].type is metrics.Type.COUNTER:
+            self.gauges[name] = self.gauges.get(name, 0.0) + value
+            return
         hist = self.histograms.get(name)
         if hist is None:
             hist = self.histograms[name] = Histogram(metrics.BY_NAME[name].buckets)
