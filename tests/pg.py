@@ -21,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import trustme
 
 from tests.tools import missing
 
@@ -63,6 +64,8 @@ class Cluster:
     bindir: Path
     primary_port: int
     replica_port: int
+    # The replica serves TLS with a certificate for 127.0.0.1 from this CA; the primary is plain.
+    ca: trustme.CA = dataclasses.field(default_factory=trustme.CA)
 
     def dsn(
         self,
@@ -200,6 +203,15 @@ def _build(c: Cluster) -> None:
         ],
         c.root,
     )
+    cert = c.ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(replica / "server.crt"))
+    cert.private_key_pem.write_to_path(str(replica / "server.key"))
+    (replica / "server.key").chmod(0o600)
+    if os.geteuid() == 0:
+        for name in ("server.crt", "server.key"):
+            shutil.chown(replica / name, "postgres", "postgres")
+    with (replica / "postgresql.conf").open("a") as conf:
+        conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
     _start(c, replica, c.replica_port)
 
 

@@ -200,6 +200,9 @@ def _fail(exc: Exception, phase: str, scrub: _Scrub, statement_timeout: float) -
     if isinstance(exc, ConnectionError) and "SSL" in str(exc):
         # asyncpg's "server rejected SSL upgrade": sslmode=require against a plain server.
         raise ProbeFailure(Reason.TLS, scrub(str(exc))) from None
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        # Its text may quote pieces of the DSN.
+        raise ProbeFailure(Reason.ERROR, "invalid connection parameter in the DSN") from None
     if isinstance(exc, OSError | asyncpg.InterfaceError):
         reason = Reason.CONNECT if phase == "connect" else Reason.RESET
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -241,7 +244,8 @@ async def run(p: Postgres, ctx: ProbeContext) -> None:
                     "statement_timeout": str(max(1, round(statement_timeout * 1000))),
                 },
             )
-        ctx.log(f"connected, server version {conn.get_server_version()}")
+        version = conn.get_server_version()
+        ctx.log(f"connected to PostgreSQL {version.major}.{version.minor}")
         phase = "read"
         with ctx.phase("read"):
             in_recovery, lag, replay_lag = await _read_state(conn, p.table)

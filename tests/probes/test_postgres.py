@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import trustme
 
 from exporter import config
 from exporter.config import ConfigError, Target
@@ -244,12 +245,42 @@ async def test_stopped_server_is_connect(
     assert SUPERUSER_PASSWORD not in r.message
 
 
+async def test_bad_dsn_parameter_is_error_without_dsn(
+    run_probe: RunProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PG_ODD", "postgresql://u:odd-secret-1@127.0.0.1:1/db?sslmode=bogus")
+    r = await run_probe(pg("PG_ODD"))
+    assert r.reason == "error"
+    assert r.message == "invalid connection parameter in the DSN"
+
+
 async def test_sslmode_require_against_plain_server_is_tls(
     pg_cluster: Cluster, run_probe: RunProbe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PG_TLS", pg_cluster.dsn(pg_cluster.primary_port, query="sslmode=require"))
     r = await run_probe(pg("PG_TLS"))
     assert r.reason == "tls", r.message
+
+
+# Fails with division by zero unless this session is encrypted.
+ONLY_OVER_TLS = (
+    "select 1 / (case when ssl then 1 else 0 end) from pg_stat_ssl where pid = pg_backend_pid()"
+)
+
+
+async def test_tls_verified_against_ca(dsns: Cluster, run_probe: RunProbe, tmp_path: Path) -> None:
+    dsns.ca.cert_pem.write_to_path(str(tmp_path / "db-ca.pem"))
+    r = await run_probe(pg("PG_REPLICA", read_query=ONLY_OVER_TLS, tls={"ca_file": "db-ca.pem"}))
+    assert r.success, r.message
+    assert r.gauges[IN_RECOVERY] == 1
+
+
+async def test_tls_unknown_ca_is_tls(dsns: Cluster, run_probe: RunProbe, tmp_path: Path) -> None:
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    r = await run_probe(pg("PG_REPLICA", tls={"ca_file": "other-ca.pem"}))
+    assert r.reason == "tls", r.message
+    assert "CERTIFICATE_VERIFY_FAILED" in r.message
+    assert SUPERUSER_PASSWORD not in r.message
 
 
 async def _role(c: Cluster, name: str, password: str, *grants: str) -> str:
