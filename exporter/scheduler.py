@@ -33,6 +33,50 @@ def phase_offset(target: Target) -> float:
     return int.from_bytes(digest, "big") / 2**64 * target.interval
 
 
+class Limiter:
+    """A FIFO semaphore whose size can change while slots are held.
+
+    Swapping in a new semaphore on reload would let the old one's holders and the new one's run
+    side by side, past the cap; here the holders count against the new size.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.held < self.size and not self._waiters:
+            self.held += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # Granted a slot in the same iteration the wait was cancelled: pass it on.
+                self.release()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.held -= 1
+        self._wake()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.held < self.size:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.held += 1
+                waiter.set_result(None)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -46,8 +90,7 @@ class Scheduler:
         self.targets: dict[tuple[str, str, str], Target] = {}
         self._tasks: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._monitor: asyncio.Task[None] | None = None
-        self._sem = asyncio.Semaphore(1)
-        self._max_concurrency = 1
+        self._limiter = Limiter(1)
         self._in_flight = 0
         self.overload_delay = 0.05
         self.recent: collections.deque[Result] = collections.deque(maxlen=100)
@@ -62,10 +105,7 @@ class Scheduler:
 
     def apply(self, config: Config) -> None:
         """Switch to a new config: unchanged targets keep running and keep their series."""
-        if config.max_concurrency != self._max_concurrency:
-            # Probes holding the old semaphore release it; new ones take the new one.
-            self._sem = asyncio.Semaphore(config.max_concurrency)
-            self._max_concurrency = config.max_concurrency
+        self._limiter.resize(config.max_concurrency)
         self.metrics.max_concurrency.set(config.max_concurrency)
         self.overload_delay = config.overload_delay
         wanted = {t.key: t for t in config.targets}
@@ -137,10 +177,9 @@ class Scheduler:
 
     async def _scheduled_run(self, target: Target, slot: float) -> None:
         loop = asyncio.get_running_loop()
-        sem = self._sem
         try:
             async with asyncio.timeout(target.timeout):
-                await sem.acquire()
+                await self._limiter.acquire()
         except TimeoutError:
             self.metrics.skipped.labels(reason=SkipReason.CONCURRENCY.value).inc()
             log.warning("probe skipped: concurrency limit full", extra={"target": target.name})
@@ -171,7 +210,7 @@ class Scheduler:
             state.record(result)
             self._remember(result, previous)
         finally:
-            sem.release()
+            self._limiter.release()
 
     async def probe(self, target: Target) -> Result:
         """Run one probe of `target` under its timeout and return the result (no metrics)."""
