@@ -173,8 +173,8 @@ async def _until(
 async def run(opts: DrillOptions) -> Report:
     hook = _Webhook(opts.alert, opts.service, opts.region)
     app = web.Application()
-    app.router.add_post("/", hook.handle)
-    app.router.add_post("/alerts", hook.handle)
+    # Any path: Alertmanager configs put the receiver under a path of their own (/page, ...).
+    app.router.add_post("/{path:.*}", hook.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, *opts.webhook)

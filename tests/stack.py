@@ -108,7 +108,7 @@ def prometheus(
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": RULE_FILES if rule_files is None else rule_files,
         "scrape_configs": [
-            {"job_name": "failover_exporter", "static_configs": [{"targets": targets}]}
+            {"job_name": "failover-exporter", "static_configs": [{"targets": targets}]}
         ],
     }
     if alertmanager_url is not None:
