@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import metrics
 from exporter.metrics import SelfMetrics
 from exporter.resources import Resources
-from exporter.scheduler import Scheduler, phase_offset
+from exporter.scheduler import Limiter, Scheduler, phase_offset
 from exporter.web import ENGINE
 from tests.conftest import MakeClient, MakeConfig
 
@@ -551,3 +551,27 @@ async def test_concurrency_cap_holds_across_a_reload_that_changes_it(
     await asyncio.sleep(0.8)
     await sched.stop()
     assert srv.max_total_active == 3
+
+
+async def test_limiter_passes_on_a_slot_granted_to_a_cancelled_waiter() -> None:
+    limiter = Limiter(1)
+    await limiter.acquire()
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    # The slot is handed to the waiter, which is cancelled before it runs (as a probe's
+    # timeout can fire in the same loop iteration): the slot must not leak.
+    limiter.release()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.held == 0
+    await asyncio.wait_for(limiter.acquire(), 1)
+    assert limiter.held == 1
+    limiter.resize(0)
+    blocked = asyncio.create_task(limiter.acquire())
+    limiter.release()
+    await asyncio.sleep(0.01)
+    assert not blocked.done(), "acquired beyond a cap lowered to 0"
+    limiter.resize(1)
+    await asyncio.wait_for(blocked, 1)
+    assert limiter.held == 1
