@@ -118,8 +118,9 @@ class TestPeerNamespace:
         assert result.reason == "timeout"
         assert counted(result) == (3, 3)
         assert rtts(result) == []
-        # The probe stops waiting itself, just before the scheduler would cancel it.
-        assert 0.8 <= result.duration < 1.0
+        # The probe stops waiting just before the scheduler would cancel it (generous upper
+        # bound: a loaded machine may run late).
+        assert 0.8 <= result.duration < 1.5
 
     async def test_peer_dropping_replies_counts_loss(
         self, run_probe: RunProbe, peer: netns.Peer
@@ -156,7 +157,8 @@ class TestPeerNamespace:
         assert "destination unreachable" in result.message
         assert f"from {getattr(peer, family)}" in result.message
         assert counted(result) == (1, 1)
-        assert result.duration < 0.5
+        # Ended by the answer, not by waiting out the timeout.
+        assert result.duration < 0.8
 
     async def test_ttl_is_applied(self, run_probe: RunProbe, peer: netns.Peer) -> None:
         # Beyond the peer: one hop of TTL runs out there and the peer says so.
