@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter import __version__, config, webconfig
+from exporter import __version__, bench, config, webconfig
 from exporter import log as logsetup
 from exporter.app import make_app
 from exporter.config import Config, ConfigError
@@ -22,7 +22,7 @@ from exporter.engine import Engine
 from exporter.webconfig import WebConfig
 
 DEFAULT_LISTEN = ":10077"
-COMMANDS = ("run", "check-config", "demo", "drill")
+COMMANDS = ("run", "check-config", "demo", "drill", "bench")
 log = logging.getLogger("exporter")
 
 
@@ -84,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
         help="take the primary region down after this many seconds",
     )
     _drill_parser(sub.add_parser("drill", help="inject a primary outage, time detect/alert/page"))
+    bench.add_arguments(sub.add_parser("bench", help="run each image variant, rank by latency"))
     return top
 
 
@@ -149,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.file)
     if args.command == "drill":
         return _drill(args)
+    if args.command == "bench":
+        logsetup.setup("warning", "logfmt")
+        return bench.main(args)
     logsetup.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         listen = parse_listen(args.listen)
