@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_WORKERS ?= 2
 LISTEN ?= :10077
 
-.PHONY: demo test lint format system-deps bench clean
+.PHONY: demo test lint format system-deps bench clean dashboards
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,10 @@ format: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)
+
+# Regenerate grafana/dashboards/*.json (tests/grafana fails when they are stale).
+dashboards: $(STAMP)
+	$(PY) grafana/generate.py
 
 # Side-by-side performance run against blackbox_exporter (root; ~12 min). Not part of `test`.
 bench: $(STAMP)

@@ -1,0 +1,173 @@
+"""History for the test Prometheus, as OpenMetrics text for `promtool tsdb create-blocks-from`.
+
+Two kinds of series, both under the live exporter's own job and instance (an earlier run of it):
+- the demo's probe counters and latency histogram over the last 40 minutes, for the label sets
+  the live demo exporter exposes, with the demo's latency profile: ranks need 30 minutes of
+  samples, which a test cannot wait for;
+- series the demo cannot produce (no TLS, PostgreSQL, Docker Engine or cold start in it):
+  certificate expiry, replication lag, image size and layers, cold-start histogram. Their label
+  names come from the metric catalogue, so a renamed label breaks the test.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
+
+from exporter import demo, metrics
+
+STEP = 30.0
+SPAN = 40 * 60.0
+PROBES_PER_STEP = 15  # the demo probes every 2s
+
+Labels = Mapping[str, str]
+
+
+def _fmt(labels: Labels) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+def probe_label_sets(exposition: str) -> list[dict[str, str]]:
+    """Target label sets of the live exporter's failover_probes_total."""
+    out = []
+    for family in text_string_to_metric_families(exposition):
+        if family.name == metrics.PROBES.name.removesuffix("_total"):
+            out += [dict(s.labels) for s in family.samples if s.name == metrics.PROBES.name]
+    return out
+
+
+def _times(end: float) -> list[float]:
+    n = int(SPAN // STEP)
+    return [end - (n - i) * STEP for i in range(n + 1)]
+
+
+def _histogram(
+    name: str,
+    labels: Labels,
+    buckets: tuple[float, ...],
+    times: list[float],
+    draw: Iterator[list[float]],
+) -> Iterator[str]:
+    """Cumulative histogram series; `draw` yields the observations of each step."""
+    counts = [0] * (len(buckets) + 1)
+    total = 0.0
+    rows: dict[str, list[str]] = {}
+    for t in times:
+        for value in next(draw):
+            total += value
+            for i, bound in enumerate((*buckets, float("inf"))):
+                if value <= bound:
+                    counts[i] += 1
+        for i, bound in enumerate((*buckets, float("inf"))):
+            key = f"{name}_bucket{_fmt({**labels, 'le': floatToGoString(bound)})}"
+            rows.setdefault(key, []).append(f"{key} {counts[i]} {t:.3f}")
+        rows.setdefault("sum", []).append(f"{name}_sum{_fmt(labels)} {total:.6f} {t:.3f}")
+        rows.setdefault("count", []).append(f"{name}_count{_fmt(labels)} {counts[-1]} {t:.3f}")
+    for lines in rows.values():
+        yield from lines
+
+
+def _demo_series(
+    target: Labels, base: Labels, times: list[float], rng: random.Random
+) -> Iterator[str]:
+    labels = {**base, **target}
+    if target["role"] == "control":
+        median, jitter, loss = 0.001, 0.0003, 0.0
+    else:
+        median, jitter, loss = demo.IMAGES[target["image"]]
+        median += demo.distance(target["vantage"], target["target_region"])
+    fails = [sum(rng.random() < loss for _ in range(PROBES_PER_STEP)) for _ in times]
+
+    def draw() -> Iterator[list[float]]:
+        for f in fails:
+            yield [max(0.0002, rng.gauss(median, jitter)) for _ in range(PROBES_PER_STEP - f)]
+
+    name = metrics.PROBE_DURATION.name
+    yield from _histogram(name, labels, metrics.LATENCY_BUCKETS, times, draw())
+    probes = failures = 0
+    for t, f in zip(times, fails, strict=True):
+        probes += PROBES_PER_STEP
+        failures += f
+        yield f"{metrics.PROBES.name}{_fmt(labels)} {probes} {t:.3f}"
+    reason = {**labels, "reason": metrics.Reason.HTTP_STATUS.value}
+    for t in times:
+        yield f"{metrics.PROBE_FAILURES.name}{_fmt(reason)} {failures} {t:.3f}"
+
+
+def _target(region: str, role: str, image: str, name: str, probe: str) -> dict[str, str]:
+    labels = {
+        metrics.SERVICE: demo.SERVICE,
+        metrics.TARGET_REGION: region,
+        metrics.ROLE: role,
+        metrics.IMAGE: image,
+        metrics.TARGET: name,
+        metrics.PROBE: probe,
+        metrics.VANTAGE: region,
+    }
+    assert tuple(labels) == metrics.TARGET_LABELS
+    return labels
+
+
+def _checked(spec: metrics.MetricSpec, labels: Labels) -> Labels:
+    assert set(labels) == set(spec.label_names), (spec.name, labels)
+    return labels
+
+
+def _synthetic(base: Labels, times: list[float], end: float, rng: random.Random) -> Iterator[str]:
+    sizes = {"slim": (48e6, 6), "distroless": (27e6, 3), "full": (412e6, 14)}
+    cold = {"slim": 0.45, "distroless": 0.6, "full": 2.2}
+    for n, (region, role, _priority) in enumerate(demo.REGIONS):
+        edge = _target(region, role, "", f"{region}-edge", "http")
+        not_after = end + (60 - 25 * n) * 86400  # one of them inside the 14-day warning
+        for t in times:
+            labels = {**base, **_checked(metrics.TLS_NOT_AFTER, edge)}
+            yield f"{metrics.TLS_NOT_AFTER.name}{_fmt(labels)} {not_after:.0f} {t:.3f}"
+        if role == "standby":
+            db = _target(region, role, "", f"{region}-db", "postgres")
+            labels = {**base, **_checked(metrics.POSTGRES_LAG, db)}
+            for t in times:
+                lag = rng.uniform(0.2, 2.5)
+                yield f"{metrics.POSTGRES_LAG.name}{_fmt(labels)} {lag:.3f} {t:.3f}"
+        for image, (size, layers) in sizes.items():
+            meta = {
+                metrics.SERVICE: demo.SERVICE,
+                metrics.TARGET_REGION: region,
+                metrics.IMAGE: image,
+            }
+            for spec, value in ((metrics.IMAGE_SIZE, size), (metrics.IMAGE_LAYERS, layers)):
+                labels = {**base, **_checked(spec, meta)}
+                for t in times:
+                    yield f"{spec.name}{_fmt(labels)} {value:.0f} {t:.3f}"
+            target = _checked(
+                metrics.COLD_START,
+                _target(region, role, image, f"{region}-{image}-cold", "cold_start"),
+            )
+
+            def draw(median: float = cold[image]) -> Iterator[list[float]]:
+                while True:  # one cold start a minute
+                    yield [max(0.05, rng.gauss(median, median / 5))] if rng.random() < 0.5 else []
+
+            yield from _histogram(
+                metrics.COLD_START.name,
+                {**base, **target},
+                metrics.COLD_START_BUCKETS,
+                times,
+                draw(),
+            )
+
+
+def openmetrics(exposition: str, instance: str, end: float, seed: int = 1) -> str:
+    """History ending at `end` (Unix time) for the exporter scraped as `instance`."""
+    rng = random.Random(seed)
+    base = {"job": "failover-exporter", "instance": instance}
+    times = _times(end)
+    lines: list[str] = []
+    targets = probe_label_sets(exposition)
+    assert targets, "the live exporter exposes no probe series yet"
+    for target in targets:
+        lines += _demo_series(target, base, times, rng)
+    lines += _synthetic(base, times, end, rng)
+    return "\n".join(lines) + "\n# EOF\n"
