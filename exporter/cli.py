@@ -58,6 +58,8 @@ def _common_web(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from exporter.demo import REGIONS as DEMO_REGIONS  # demo imports this module
+
     top = argparse.ArgumentParser(
         prog="failover-exporter",
         description="Probe every image of a service in every region and expose latency and "
@@ -82,6 +84,14 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="take the primary region down after this many seconds",
+    )
+    demo.add_argument(
+        "--serve",
+        choices=[*(name for name, _, _ in DEMO_REGIONS), "control"],
+        default=None,
+        metavar="REGION",
+        help="serve only this simulated region (or `control`) on --web.listen-address, without "
+        "the exporter: regions as separate containers, as in deploy/compose.yaml",
     )
     _drill_parser(sub.add_parser("drill", help="inject a primary outage, time detect/alert/page"))
     bench.add_arguments(sub.add_parser("bench", help="run each image variant, rank by latency"))
@@ -174,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from exporter import demo
 
-        return demo.main(listen, args.outage_after, web_config)
+        return demo.main(listen, args.outage_after, web_config, args.serve)
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:

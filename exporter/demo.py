@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -217,9 +218,34 @@ class Outage:
         return [web.post("/-/demo/outage", outage), web.post("/-/demo/recover", recover)]
 
 
+async def serve_one(name: str, listen: tuple[str | None, int]) -> int:
+    """Serve one simulated region (or the control endpoint) alone, without an exporter, so
+    that regions and exporters can run as separate containers (deploy/compose.yaml)."""
+    app = _control_app() if name == "control" else _region_app(name, random.Random(7))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # As a container's PID 1, Python would ignore SIGTERM without a handler.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, listen[0], listen[1]).start()
+        log.info("demo region serving", extra={"region": name, "port": listen[1]})
+        await stop.wait()
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
 def main(
     listen: tuple[str | None, int],
     outage_after: float | None,
     web_config: WebConfig | None = None,
+    serve: str | None = None,
 ) -> int:
+    if serve is not None:
+        return asyncio.run(serve_one(serve, listen))
     return asyncio.run(run(listen, outage_after, web_config))
