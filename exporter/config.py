@@ -136,27 +136,45 @@ def format_loc(loc: Loc) -> str:
     return out
 
 
-class _Source:
+# Far deeper than any config, and shallow enough that neither PyYAML's recursive composer nor
+# the walk below reaches Python's recursion limit.
+MAX_DEPTH = 64
+# Aliases can make a small file expand to billions of values ("billion laughs").
+MAX_VALUES = 100_000
+
+
+class Source:
     """YAML text turned into plain data plus the line of every key path."""
 
     def __init__(self, text: str, file: str) -> None:
         self.file = file
         self.lines: dict[Loc, int] = {}
         self.issues: list[ConfigIssue] = []
+        self._values = 0
         loader = yaml.SafeLoader(text)
         try:
-            node = loader.get_single_node()
+            try:
+                node = loader.get_single_node()
+            except RecursionError:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", loader.get_mark()
+                ) from None
             self.data = self._convert(loader, node, ()) if node is not None else None
         finally:
             loader.dispose()
 
     def _convert(self, loader: yaml.SafeLoader, node: yaml.Node, loc: Loc) -> Any:
+        self._values += 1
+        if len(loc) > MAX_DEPTH:
+            raise _error(node, f"nested more than {MAX_DEPTH} levels deep (a recursive alias?)")
+        if self._values > MAX_VALUES:
+            raise _error(node, f"more than {MAX_VALUES} values once aliases are expanded")
         self.lines.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             loader.flatten_mapping(node)
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = loader.construct_object(key_node, deep=True)
+                key = _construct(loader, key_node)
                 if not isinstance(key, str | int | float | bool):
                     key = str(key)
                 if key in out:
@@ -174,7 +192,7 @@ class _Source:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._convert(loader, item, (*loc, i)) for i, item in enumerate(node.value)]
-        return loader.construct_object(node, deep=True)
+        return _construct(loader, node)
 
     def issue(self, loc: Loc, message: str) -> ConfigIssue:
         line = None
@@ -185,7 +203,25 @@ class _Source:
         return ConfigIssue(self.file, line, format_loc(loc), message)
 
 
-def _pydantic_issues(src: _Source, error: ValidationError) -> Iterator[ConfigIssue]:
+def _error(node: yaml.Node, problem: str) -> yaml.MarkedYAMLError:
+    return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    try:
+        value = loader.construct_object(node, deep=True)
+    except ValueError as exc:
+        # Python's own limits, e.g. an integer over 4300 digits or a date like 2024-13-45.
+        raise _error(node, f"invalid value: {str(exc).split(';')[0]}") from None
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise _error(node, "not valid Unicode (a lone surrogate escape)") from None
+    return value
+
+
+def _pydantic_issues(src: Source, error: ValidationError) -> Iterator[ConfigIssue]:
     for err in error.errors(include_url=False):
         loc = list(err["loc"])
         # A discriminated union adds the chosen tag to the path; the user never wrote it.
@@ -214,6 +250,11 @@ def _items(data: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
     return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
 
 
+def _str(item: dict[str, Any], key: str) -> str | None:
+    value = item.get(key)
+    return value if isinstance(value, str) else None
+
+
 def _duration(value: Any) -> float | None:
     try:
         return parse_duration(value)
@@ -221,7 +262,7 @@ def _duration(value: Any) -> float | None:
         return None
 
 
-def _semantic_issues(src: _Source) -> Iterator[ConfigIssue]:
+def _semantic_issues(src: Source) -> Iterator[ConfigIssue]:
     """Rules that span fields or sections, checked on the raw data so that they are reported
     together with field errors."""
     data = src.data
@@ -259,20 +300,21 @@ def _semantic_issues(src: _Source) -> Iterator[ConfigIssue]:
     for i, item in _items(data, "control"):
         yield from check_target(("control", i), item)
 
+    # Only names and priorities of the right type are compared; the schema reports the others.
     service_names: set[str] = set()
     for s, service in _items(data, "services"):
         sloc: Loc = ("services", s)
-        if service.get("name") in service_names:
+        if _str(service, "name") in service_names:
             yield src.issue((*sloc, "name"), f"service name {service['name']!r} is already used")
         service_names.add(str(service.get("name")))
-        regions: dict[Any, int] = {}
-        priorities: dict[Any, Any] = {}
+        regions: dict[str | None, int] = {}
+        priorities: dict[int, Any] = {}
         primaries = []
         for r, region in _items(service, "regions"):
             rloc: Loc = (*sloc, "regions", r)
-            if region.get("name") in regions:
+            if _str(region, "name") in regions:
                 yield src.issue((*rloc, "name"), f"region name {region['name']!r} is already used")
-            regions[region.get("name")] = r
+            regions[_str(region, "name")] = r
             if region.get("role") == "primary":
                 primaries.append(r)
             prio = region.get("priority")
@@ -281,29 +323,30 @@ def _semantic_issues(src: _Source) -> Iterator[ConfigIssue]:
                     (*rloc, "priority"),
                     f"priority {prio} is already used by region {priorities[prio]!r}",
                 )
-            priorities.setdefault(prio, region.get("name"))
+            if isinstance(prio, int):
+                priorities.setdefault(prio, region.get("name"))
         if regions and not primaries:
             yield src.issue((*sloc, "regions"), "exactly one region must have role primary")
         for r in primaries[1:]:
             yield src.issue(
                 (*sloc, "regions", r, "role"), "only one region per service may be primary"
             )
-        images: set[Any] = set()
+        images: set[str | None] = set()
         for i, image in _items(service, "images"):
-            if image.get("name") in images:
+            if _str(image, "name") in images:
                 yield src.issue(
                     (*sloc, "images", i, "name"), f"image name {image['name']!r} is already used"
                 )
-            images.add(image.get("name"))
+            images.add(_str(image, "name"))
         for t, target in _items(service, "targets"):
             tloc: Loc = (*sloc, "targets", t)
             yield from check_target(tloc, target)
-            if "region" in target and target["region"] not in regions:
+            if isinstance(target.get("region"), str) and target["region"] not in regions:
                 known = ", ".join(str(r) for r in regions)
                 yield src.issue(
                     (*tloc, "region"), f"unknown region {target['region']!r} (known: {known})"
                 )
-            if "image" in target and target["image"] not in images:
+            if isinstance(target.get("image"), str) and target["image"] not in images:
                 known = ", ".join(str(i) for i in images)
                 yield src.issue(
                     (*tloc, "image"), f"unknown image {target['image']!r} (known: {known})"
@@ -313,11 +356,16 @@ def _semantic_issues(src: _Source) -> Iterator[ConfigIssue]:
 def parse(text: str, file: str, base_dir: Path | None = None) -> Config:
     """Validate config text; raise ConfigError listing every problem."""
     try:
-        src = _Source(text, file)
+        src = Source(text, file)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax error: {problem}")]) from None
+    except yaml.reader.ReaderError as exc:
+        # A control character: PyYAML gives a character offset, not a line.
+        line = text.count("\n", 0, exc.position) + 1
+        problem = str(exc).splitlines()[0]
         raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax error: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(file, None, "", f"YAML error: {exc}")]) from None
@@ -339,7 +387,7 @@ def parse(text: str, file: str, base_dir: Path | None = None) -> Config:
     return _build(root, src, base_dir or Path(file).parent, text)
 
 
-def _build(root: schema.Root, src: _Source, base_dir: Path, text: str) -> Config:
+def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
     issues: list[ConfigIssue] = []
     targets: list[Target] = []
     regions: list[Region] = []

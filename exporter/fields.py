@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -44,6 +45,8 @@ def parse_duration(value: Any) -> float:
             raise ValueError(f"{value!r} is not a duration (use e.g. 5s, 250ms, 1m30s)")
     else:
         raise ValueError("must be a duration such as 5s or 250ms")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration")
     if seconds <= 0:
         raise ValueError("must be greater than 0")
     return seconds

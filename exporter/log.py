@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -45,6 +47,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record), default=str)
 
 
+class _BadRequestFilter(logging.Filter):
+    """Malformed requests to the exporter at debug level, without aiohttp's traceback.
+
+    aiohttp logs each one at error level with a traceback quoting the offending bytes: anyone
+    who can connect could flood the log, and the quoted line may be a credential header. A
+    malformed request is the client's problem, and it already got its 400.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "bad request", ()
+        record.exc_info, record.exc_text = None, None
+        record.error = type(exc).__name__
+        record.status = exc.code
+        return True
+
+
+_BAD_REQUESTS = _BadRequestFilter()
+
+
 def setup(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
@@ -53,3 +80,4 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log is per request; at info it would drown probe events.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_BAD_REQUESTS)

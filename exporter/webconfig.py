@@ -30,8 +30,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 # The main config's loader, so that both files report errors the same way: file, line, key.
-from exporter.config import ConfigError, ConfigIssue, Loc
-from exporter.config import _Source as Source
+from exporter.config import ConfigError, ConfigIssue, Loc, Source
 from exporter.fields import Model
 
 ClientAuth = Literal[
@@ -107,6 +106,10 @@ def parse(text: str, file: str, base_dir: Path) -> WebConfig:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
         line = mark.line + 1 if mark else None
+        raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax error: {problem}")]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        problem = str(exc).splitlines()[0]
         raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax error: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(file, None, "", f"YAML error: {exc}")]) from None
@@ -192,9 +195,10 @@ def _server_context(
     cert, key = base_dir / cfg.cert_file, base_dir / cfg.key_file
     try:
         ctx.load_cert_chain(str(cert), str(key))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         # ssl.SSLError is an OSError; its text names the OpenSSL failure, never the key itself.
-        why = exc.strerror or str(exc)
+        # ValueError: a NUL in a path.
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
         bad("cert_file", f"cannot load certificate {cert} with key {key}: {why}")
         return None
     if verify:
@@ -202,8 +206,9 @@ def _server_context(
         ca = base_dir / cfg.client_ca_file
         try:
             ctx.load_verify_locations(cafile=str(ca))
-        except OSError as exc:
-            bad("client_ca_file", f"cannot load CA file {ca}: {exc.strerror or exc}")
+        except (OSError, ValueError) as exc:
+            why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            bad("client_ca_file", f"cannot load CA file {ca}: {why}")
             return None
     # RequestClientCert asks for a certificate but neither requires nor checks it; since
     # nothing here uses the client's identity, not asking grants exactly the same access.
