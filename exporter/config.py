@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from exporter import schema
 from exporter.docker_images import DockerSettings, RunSettings
-from exporter.fields import SettingError, format_duration, parse_duration
+from exporter.fields import SettingError, collect_secrets, format_duration, parse_duration
 from exporter.metrics import Role
 from exporter.probes import REGISTRY
 
@@ -60,6 +60,9 @@ class Target:
     # Config outside the probe settings that `prepared` was bound to (a cold start's region
     # endpoint and image); compared, so that changing it restarts the target on reload.
     bound: Any = None
+    # Digest of the secrets `prepared` holds: a reload after a rotated password or token file
+    # restarts the target with the new secret. Never the secret itself.
+    secrets: str = dataclasses.field(default="", repr=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -402,7 +405,8 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
     ) -> None:
         kind = REGISTRY[t.probe.kind]
         try:
-            prepared = kind.prepare(t.probe, base_dir)
+            with collect_secrets() as secrets:
+                prepared = kind.prepare(t.probe, base_dir)
             bind = getattr(prepared, "bind", None)
             if bind is not None:
                 prepared = bind(binding or Binding(root.vantage, t.name, None, None))
@@ -423,6 +427,7 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
                 interval=t.interval or d.interval,
                 timeout=t.timeout or d.timeout,
                 bound=binding if bind is not None else None,
+                secrets=secrets.digest(),
                 **labels,
             )
         )
@@ -459,11 +464,16 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
             make(
                 ("services", s, "targets", t),
                 tgt,
-                Binding(root.vantage, tgt.name, by_region[tgt.region], by_image[tgt.image]),
+                Binding(
+                    root.vantage,
+                    tgt.name,
+                    by_region[tgt.region],
+                    by_image[tgt.image] if tgt.image else None,
+                ),
                 service=svc.name,
                 region=tgt.region,
                 role=roles[tgt.region],
-                image=tgt.image,
+                image=tgt.image or "",
             )
     if issues:
         raise ConfigError(issues)

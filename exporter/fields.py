@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -97,11 +101,11 @@ class SecretSource(Model):
             value = os.environ.get(self.env)
             if value is None:
                 raise ValueError(f"environment variable {self.env} is not set")
-            return SecretStr(value)
+            return _collected(SecretStr(value))
         assert self.file is not None
         path = self.file if base_dir is None else base_dir / self.file
         try:
-            return SecretStr(path.read_text().rstrip("\n"))
+            return _collected(SecretStr(path.read_text().rstrip("\n")))
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ValueError(f"cannot read secret file {path}: {why}") from None
@@ -114,3 +118,39 @@ class SettingError(ValueError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+class _SecretDigest:
+    def __init__(self) -> None:
+        self._hash = hashlib.blake2b(digest_size=16)
+        self._used = False
+
+    def add(self, secret: SecretStr) -> None:
+        self._hash.update(secret.get_secret_value().encode() + b"\0")
+        self._used = True
+
+    def digest(self) -> str:
+        return self._hash.hexdigest() if self._used else ""
+
+
+_COLLECTOR: contextvars.ContextVar[_SecretDigest | None] = contextvars.ContextVar(
+    "secret_collector", default=None
+)
+
+
+def _collected(secret: SecretStr) -> SecretStr:
+    collector = _COLLECTOR.get()
+    if collector is not None:
+        collector.add(secret)
+    return secret
+
+
+@contextlib.contextmanager
+def collect_secrets() -> Iterator[_SecretDigest]:
+    """Digest every secret resolved inside the block (so a reload can see a rotated secret)."""
+    collector = _SecretDigest()
+    token = _COLLECTOR.set(collector)
+    try:
+        yield collector
+    finally:
+        _COLLECTOR.reset(token)

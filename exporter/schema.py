@@ -54,7 +54,9 @@ class Image(Model):
 class Target(Model):
     name: Name
     region: Name
-    image: Name
+    # None for endpoints that belong to the region rather than an image variant (a database,
+    # an ICMP ping): they count for region health but not in the image ranking.
+    image: Name | None = None
     probe: ProbeField
     interval: Duration | None = None
     timeout: Duration | None = None

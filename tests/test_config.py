@@ -252,3 +252,31 @@ def test_unreadable_file(tmp_path: Path) -> None:
     assert (
         str(info.value) == f"{tmp_path}/absent.yml: cannot read config: No such file or directory"
     )
+
+
+def test_rotated_secret_changes_the_target_but_not_its_repr(tmp_path: Path) -> None:
+    """A reload compares targets: a new password must restart the target with it."""
+    text = BASE.replace(
+        'url: "http://127.0.0.1:1/healthz"}',
+        'url: "http://127.0.0.1:1/healthz", basic_auth: {username: u, password: {file: pw}}}',
+    )
+    (tmp_path / "c.yml").write_text(text)
+    (tmp_path / "pw").write_text("first-secret")
+    first = config.load(tmp_path / "c.yml").targets[0]
+    same = config.load(tmp_path / "c.yml").targets[0]
+    (tmp_path / "pw").write_text("second-secret")
+    rotated = config.load(tmp_path / "c.yml").targets[0]
+    assert first == same
+    assert first != rotated
+    assert first.secrets
+    assert first.secrets != rotated.secrets
+    assert "second-secret" not in repr(rotated)
+
+
+def test_target_without_image_counts_for_the_region_only(tmp_path: Path) -> None:
+    text = BASE + (
+        "      - {name: eu-db, region: eu, probe: {kind: tcp, address: '127.0.0.1:5432'}}\n"
+    )
+    (tmp_path / "c.yml").write_text(text)
+    db = next(t for t in config.load(tmp_path / "c.yml").targets if t.name == "eu-db")
+    assert (db.region, db.role, db.image) == ("eu", "primary", "")
