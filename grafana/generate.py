@@ -63,6 +63,11 @@ START_DELAY_P99_S = 0.25  # FailoverExporterOverloaded
 LOOP_LAG_P99_S = 0.1  # FailoverExporterOverloaded
 PROBES_STALE_RATIO = 0.5  # FailoverProbesStale
 BURN_TICKET, BURN_PAGE_SLOW, BURN_PAGE_FAST = 3.0, 6.0, 14.4  # FailoverLatencySLOBurn
+# Colours of the vantage -> region network matrix only: no alert judges round trip or loss, which
+# are context for a failover decision (a standby far from the primary replicates late) rather than
+# a reason for one. Every synchronous commit waits at least one round trip to its standby.
+RTT_WARN_S, RTT_CRIT_S = 0.05, 0.15
+ICMP_LOSS_WARN, ICMP_LOSS_CRIT = 0.01, 0.05
 
 # Label filters from the dashboard variables. `All` is `.*`, which also matches a missing label
 # (image metadata has no vantage; control targets have no service).
@@ -432,6 +437,39 @@ def data_link(title: str, uid: str, params: str) -> dict[str, Any]:
 # --- Overview ---------------------------------------------------------------------------------
 
 
+def network_matrix(
+    title: str,
+    description: str,
+    metric: str,
+    unit: str,
+    thresholds: db.ThresholdsConfig,
+    decimals: int | None = None,
+) -> table.Panel:
+    """A vantage (rows) x target_region (columns) table of a failover.network rule."""
+    p = instant_table(
+        title,
+        description,
+        [query(f"{metric}{sel(F_REGION, F_VANTAGE)}", instant=True, fmt="table")],
+        unit,
+        rename={"vantage\\target_region": "Vantage \\ region"},
+        hide=(),
+        thresholds=thresholds,
+        width=12,
+        extra_transforms=[
+            dm.DataTransformerConfig(
+                id_val="groupingToMatrix",
+                options={
+                    "columnField": "target_region",
+                    "rowField": "vantage",
+                    "valueField": "Value",
+                    "emptyValue": "null",
+                },
+            )
+        ],
+    ).cell_options(common.TableColoredBackgroundCellOptions())
+    return p.decimals(decimals) if decimals is not None else p
+
+
 def overview() -> dm.Dashboard:
     to_images = data_link(
         "Image leaderboard for ${__field.labels.target_region}",
@@ -589,6 +627,28 @@ def overview() -> dm.Dashboard:
             )
         ],
     )
+    rtt = network_matrix(
+        "Round trip, vantage → region (ICMP p50)",
+        "vantage_target_region:failover_probe_duration_seconds:icmp_p50_5m: median echo round "
+        "trip over 5m from each vantage (rows) to each region's icmp targets (columns), "
+        f"services aggregated. Orange from {RTT_WARN_S * 1000:.0f}ms, red from "
+        f"{RTT_CRIT_S * 1000:.0f}ms: every synchronous commit to a standby waits at least one "
+        "round trip. No alert uses these colours. Empty without icmp probes.",
+        "vantage_target_region:failover_probe_duration_seconds:icmp_p50_5m",
+        "s",
+        steps((None, "green"), (RTT_WARN_S, "orange"), (RTT_CRIT_S, "red")),
+    )
+    loss = network_matrix(
+        "ICMP packet loss, vantage → region",
+        "vantage_target_region:failover_icmp_packets_lost:ratio_rate5m: echo requests without a "
+        "reply over 5m / echo requests sent, per vantage (rows) and region (columns), services "
+        f"aggregated. Orange from {ICMP_LOSS_WARN:.0%}, red from {ICMP_LOSS_CRIT:.0%}. No alert "
+        "uses these colours. Empty without icmp probes.",
+        "vantage_target_region:failover_icmp_packets_lost:ratio_rate5m",
+        "percentunit",
+        steps((None, "green"), (ICMP_LOSS_WARN, "orange"), (ICMP_LOSS_CRIT, "red")),
+        decimals=1,
+    )
     history = timeline(
         "Region verdict over time",
         "service_target_region:failover_region_down:bool over the time range. Gaps = no quorum.",
@@ -618,6 +678,9 @@ def overview() -> dm.Dashboard:
             matrix,
             isolated.height(8),
             history,
+            row("Network, vantage → region"),
+            rtt,
+            loss,
             row("Alerts"),
             alerts,
         ],

@@ -4,8 +4,9 @@ Two kinds of series, both under the live exporter's own job and instance (an ear
 - the demo's probe counters and latency histogram over the last 40 minutes, for the label sets
   the live demo exporter exposes, with the demo's latency profile: ranks need 30 minutes of
   samples, which a test cannot wait for;
-- series the demo cannot produce (no TLS, PostgreSQL, Docker Engine or cold start in it):
-  certificate expiry, replication lag, image size and layers, cold-start histogram. Their label
+- series the demo cannot produce (no TLS, PostgreSQL, Docker Engine, cold start or icmp in it):
+  certificate expiry, replication lag, image size and layers, cold-start histogram, and each
+  vantage's pings of each region (round-trip histogram, packets sent and lost). Their label
   names come from the metric catalogue, so a renamed label breaks the test.
 """
 
@@ -22,6 +23,8 @@ from exporter import demo, metrics
 STEP = 30.0
 SPAN = 40 * 60.0
 PROBES_PER_STEP = 15  # the demo probes every 2s
+# An icmp target probed every 10s with 5 echo requests a probe.
+PINGS_PER_STEP = 15
 
 Labels = Mapping[str, str]
 
@@ -97,7 +100,9 @@ def _demo_series(
         yield f"{metrics.PROBE_FAILURES.name}{_fmt(reason)} {failures} {t:.3f}"
 
 
-def _target(region: str, role: str, image: str, name: str, probe: str) -> dict[str, str]:
+def _target(
+    region: str, role: str, image: str, name: str, probe: str, vantage: str | None = None
+) -> dict[str, str]:
     labels = {
         metrics.SERVICE: demo.SERVICE,
         metrics.TARGET_REGION: region,
@@ -105,7 +110,7 @@ def _target(region: str, role: str, image: str, name: str, probe: str) -> dict[s
         metrics.IMAGE: image,
         metrics.TARGET: name,
         metrics.PROBE: probe,
-        metrics.VANTAGE: region,
+        metrics.VANTAGE: vantage or region,
     }
     assert tuple(labels) == metrics.TARGET_LABELS
     return labels
@@ -159,6 +164,37 @@ def _synthetic(base: Labels, times: list[float], end: float, rng: random.Random)
             )
 
 
+def _icmp(base: Labels, times: list[float], rng: random.Random) -> Iterator[str]:
+    """Every demo vantage pings every region: the demo's network distance as round trip."""
+    for vantage in demo.VANTAGES:
+        for region, role, _priority in demo.REGIONS:
+            target = _target(region, role, "", f"ping-{region}", "icmp", vantage)
+            _checked(metrics.ICMP_LOST, target)
+            labels = {**base, **_checked(metrics.ICMP_SENT, target)}
+            rtt = demo.distance(vantage, region)
+            # Longer paths cross more links that can drop a packet.
+            loss = 0.3 * rtt
+            lost = [sum(rng.random() < loss for _ in range(PINGS_PER_STEP)) for _ in times]
+
+            def draw(rtt: float = rtt, lost: list[int] = lost) -> Iterator[list[float]]:
+                for n in lost:
+                    yield [
+                        max(0.00005, rng.gauss(rtt, rtt / 20)) for _ in range(PINGS_PER_STEP - n)
+                    ]
+
+            yield from _histogram(
+                metrics.PROBE_DURATION.name,
+                {**base, **_checked(metrics.PROBE_DURATION, target)},
+                metrics.LATENCY_BUCKETS,
+                times,
+                draw(),
+            )
+            for i, t in enumerate(times, start=1):
+                yield f"{metrics.ICMP_SENT.name}{_fmt(labels)} {i * PINGS_PER_STEP} {t:.3f}"
+            for i, t in enumerate(times, start=1):
+                yield f"{metrics.ICMP_LOST.name}{_fmt(labels)} {sum(lost[:i])} {t:.3f}"
+
+
 def openmetrics(exposition: str, instance: str, end: float, seed: int = 1) -> str:
     """History ending at `end` (Unix time) for the exporter scraped as `instance`."""
     rng = random.Random(seed)
@@ -170,4 +206,5 @@ def openmetrics(exposition: str, instance: str, end: float, seed: int = 1) -> st
     for target in targets:
         lines += _demo_series(target, base, times, rng)
     lines += _synthetic(base, times, end, rng)
+    lines += _icmp(base, times, rng)
     return "\n".join(lines) + "\n# EOF\n"

@@ -179,6 +179,14 @@ def test_thresholds_match_the_alerts_and_budgets(docs: dict[str, dict[str, Any]]
         ("failover-exporter", "Probe start delay p99"): {gen.START_DELAY_P99_S},
         ("failover-exporter", "Probes completed vs configured"): {gen.PROBES_STALE_RATIO},
         ("failover-overview", "Voting vantages"): {2},
+        ("failover-overview", "Round trip, vantage → region (ICMP p50)"): {
+            gen.RTT_WARN_S,
+            gen.RTT_CRIT_S,
+        },
+        ("failover-overview", "ICMP packet loss, vantage → region"): {
+            gen.ICMP_LOSS_WARN,
+            gen.ICMP_LOSS_CRIT,
+        },
     }
     for key, values in expected.items():
         assert _threshold_values(by_title[key]) == values, key
@@ -249,3 +257,31 @@ def test_provisioning_files() -> None:
     (provider,) = db_doc["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"]
+
+
+def test_network_matrices_are_vantage_rows_by_region_columns(
+    docs: dict[str, dict[str, Any]],
+) -> None:
+    """The RTT and loss panels pivot the failover.network rules: one row a vantage."""
+    overview = next(doc for doc in docs.values() if doc["uid"] == "failover-overview")
+    by_title = {p["title"]: p for p in d.panels(overview)}
+    network = {r["record"] for r in bundle.recording_rules()} & {
+        "vantage_target_region:failover_probe_duration_seconds:icmp_p50_5m",
+        "vantage_target_region:failover_icmp_packets_lost:ratio_rate5m",
+    }
+    assert len(network) == 2, "failover.network rules renamed"
+    for title, unit in (
+        ("Round trip, vantage → region (ICMP p50)", "s"),
+        ("ICMP packet loss, vantage → region", "percentunit"),
+    ):
+        p = by_title[title]
+        assert p["type"] == "table", title
+        assert p["fieldConfig"]["defaults"]["unit"] == unit, title
+        (target,) = p["targets"]
+        assert target["instant"], title
+        assert target["format"] == "table", title
+        assert bundle.scan(target["expr"]).selectors[0].metric in network, title
+        (pivot,) = [t for t in p["transformations"] if t["id"] == "groupingToMatrix"]
+        assert pivot["options"]["rowField"] == "vantage", title
+        assert pivot["options"]["columnField"] == "target_region", title
+        assert pivot["options"]["valueField"] == "Value", title

@@ -90,6 +90,22 @@ def test_every_query_returns_data_from_a_real_prometheus(tmp_path: Path) -> None
             ranks = stack.query(prom, "service_target_region_image:failover_image_rank:p95_30m")
             fastest = {r["metric"]["target_region"] for r in ranks if r["value"][1] == "1"}
             assert fastest == {region for region, _, _ in history.demo.REGIONS}
+            # The network matrix: every vantage x region cell, at the demo's distance (within the
+            # latency buckets' interpolation) and with the backfill's small loss.
+            rtt = stack.query(
+                prom, "vantage_target_region:failover_probe_duration_seconds:icmp_p50_5m"
+            )
+            cells = {(r["metric"]["vantage"], r["metric"]["target_region"]): r for r in rtt}
+            regions = [region for region, _, _ in history.demo.REGIONS]
+            assert set(cells) == {(v, r) for v in history.demo.VANTAGES for r in regions}
+            for (vantage, region), r in cells.items():
+                expected = history.demo.distance(vantage, region)
+                assert expected / 2 <= float(r["value"][1]) <= expected * 2, (vantage, region, r)
+            loss = stack.query(
+                prom, "vantage_target_region:failover_icmp_packets_lost:ratio_rate5m"
+            )
+            assert len(loss) == len(cells)
+            assert all(0 <= float(r["value"][1]) < 0.05 for r in loss), loss
     finally:
         demo.terminate()
         demo.wait(10)
