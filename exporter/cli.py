@@ -274,7 +274,7 @@ async def serve(
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, engine.reload)
+    loop.add_signal_handler(signal.SIGHUP, engine.request_reload)
     # Objects alive after start-up never need collecting; freezing them keeps gen2 collections
     # (10 ms pauses that would land in probe timings) short.
     gc.collect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
 import time
@@ -50,6 +51,9 @@ class Engine:
         self.registry.register(self.images)
         self.config: Config | None = None
         self.last_reload_errors: list[str] = []
+        # One reload at a time: two loads finishing out of order would apply the older file.
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[bool]] = set()
 
     def _require_path(self) -> Path:
         if self.path is None:
@@ -71,10 +75,24 @@ class Engine:
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
 
-    def reload(self) -> bool:
-        """Load the config again; on any error keep the running one and say so in metrics."""
+    def request_reload(self) -> None:
+        """Reload in the background (for the SIGHUP handler)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
+        """Load the config again; on any error keep the running one and say so in metrics.
+
+        Loading runs in a thread: parsing and validating hundreds of targets takes long enough
+        (about a millisecond each) to stall the loop and time out the probes in flight.
+        """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         try:
-            cfg = self._loader()
+            cfg = await asyncio.to_thread(self._loader)
         except ConfigError as exc:
             self.metrics.reload_ok.set(0)
             self.last_reload_errors = [str(i) for i in exc.issues]
@@ -97,6 +115,9 @@ class Engine:
         return True
 
     async def aclose(self) -> None:
+        for task in self._reloads:
+            task.cancel()
+        await asyncio.gather(*self._reloads, return_exceptions=True)
         try:
             await self.scheduler.stop()
             await self.images.stop()

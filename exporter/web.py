@@ -60,7 +60,7 @@ async def ready(request: web.Request) -> web.Response:
 
 async def reload(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    if engine.reload():
+    if await engine.reload():
         return web.Response(text="config reloaded\n")
     errors = "\n".join(engine.last_reload_errors)
     return web.Response(status=500, text=f"config reload failed, previous config kept:\n{errors}\n")
