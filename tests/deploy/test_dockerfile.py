@@ -15,6 +15,7 @@ import time
 import tomllib
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def wheelhouse() -> Path:
 
 
 @pytest.fixture(scope="module")
-def exporter_image() -> str:
+def exporter_image() -> Iterator[str]:
     need("podman")
     need("runc")
     base = python_base_image()
@@ -213,12 +214,11 @@ def test_image_serves_metrics_as_non_root_on_a_read_only_root(
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_image_runs_a_config_and_a_region_of_the_compose_stack(
-    exporter_image: str, unused_tcp_port_factory: object
+    exporter_image: str, unused_tcp_port_factory: Callable[[], int]
 ) -> None:
     """What deploy/compose.yaml does: `demo --serve REGION` in one container and `run --config`
     in another, probing it over the network (here: the host's loopback)."""
-    factory = unused_tcp_port_factory
-    region_port, exporter_port = factory(), factory()  # type: ignore[operator]
+    region_port, exporter_port = unused_tcp_port_factory(), unused_tcp_port_factory()
     region, exporter = f"ftest-region-{uuid.uuid4().hex[:8]}", f"ftest-exp-{uuid.uuid4().hex[:8]}"
     config = ROOT / "deploy" / "compose" / "exporter" / "us-east.yml"
     text = config.read_text().replace("region-eu-west:8080", f"127.0.0.1:{region_port}")
