@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_WORKERS ?= 2
 LISTEN ?= :10077
 
-.PHONY: demo test lint format system-deps bench clean dashboards
+.PHONY: demo test lint format system-deps bench clean dashboards soak
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,12 @@ dashboards: $(STAMP)
 bench: $(STAMP)
 	@bench/system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# 30 minutes of a real exporter on a few hundred healthy and hostile targets, reloaded and scraped
+# throughout; RSS, fds and tasks must stay flat. Not part of `test` (which runs 2 minutes of it).
+SOAK_SECONDS ?= 1800
+soak: $(STAMP)
+	$(PY) tests/soak.py --duration $(SOAK_SECONDS) --json build/soak.json $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

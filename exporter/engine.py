@@ -11,13 +11,14 @@ from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
+    Gauge,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
 )
 
-from exporter import __version__, config
+from exporter import __version__, config, metrics
 from exporter.config import Config, ConfigError
 from exporter.docker_images import ImageRefresher
 from exporter.metrics import SelfMetrics
@@ -41,6 +42,8 @@ class Engine:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.metrics = SelfMetrics(self.registry)
+        # Read from the loop at scrape time; set up in `start`, where the loop is known.
+        self.tasks = Gauge(metrics.TASKS.name, metrics.TASKS.help, registry=self.registry)
         self.metrics.build_info.labels(
             version=__version__, python_version=platform.python_version()
         ).set(1)
@@ -61,6 +64,8 @@ class Engine:
         return self.path
 
     def start(self, cfg: Config) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         self._use(cfg)
         log.info(
             "config loaded",

@@ -336,6 +336,13 @@ OVERLOADED = MetricSpec(
     "exceed its budget: its latency figures are then not trustworthy.",
     Scope.EXPORTER,
 )
+TASKS = MetricSpec(
+    "failover_exporter_tasks",
+    Type.GAUGE,
+    "asyncio tasks alive in the exporter (probes, requests, background work). Like Go's "
+    "go_goroutines: steady with a steady config, so growth over days means a leak.",
+    Scope.EXPORTER,
+)
 
 CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     PROBE_SUCCESS,
@@ -370,6 +377,7 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     IN_FLIGHT,
     MAX_CONCURRENCY,
     OVERLOADED,
+    TASKS,
 )
 BY_NAME: Final = {m.name: m for m in CATALOGUE}
 TARGET_FAMILIES: Final = tuple(m for m in CATALOGUE if m.scope is Scope.TARGET)
