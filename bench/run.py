@@ -51,8 +51,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {
         "accuracy_rates": [100, 1000, 2500],
         "accuracy_secs": 10,
-        "ladder_ours": [3000, 4000, 5000, 6000, 7000, 8000],
-        "ladder_bb": [2000, 2500, 3000, 3500, 4000],
+        "ladder_ours": [500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 6000],
+        "ladder_bb": [500, 1000, 1500, 2000, 2500, 3000, 3500, 4000],
         "ladder_secs": 6,
         "scrape_sizes": [100, 1000, 10000],
         "scrapes": 3,
@@ -77,6 +77,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "warm": 0.5,
     },
 }
+
+# Probe rates of the scrape and churn runs: well inside what the exporter sustains, so that the
+# figures show the scrape's and the reload's own cost.
+SCRAPE_RATE = 500
+CHURN_INTERVAL = 4.0
 
 # Pass criteria of the throughput ladder (from issue 7).
 MAX_START_DELAY_P99 = 0.010
@@ -161,6 +166,7 @@ def outer(args: argparse.Namespace) -> int:
             "--srv-ns", srv, "--veth", veth_c, "--work", str(work), "--profile", args.profile,
             "--json", str(Path(args.json).resolve()), *(["--only", args.only] if args.only else []),
             *(["--rates", args.rates] if args.rates else []),
+            *(["--sizes", args.sizes] if args.sizes else []),
         ]  # fmt: skip
         return subprocess.run(
             inner_cmd, check=False, timeout=args.timeout, preexec_fn=_die_with_parent
@@ -236,6 +242,8 @@ class Env:
         self.prof = dict(PROFILES[a.profile])
         if a.rates:
             self.prof["accuracy_rates"] = [int(r) for r in a.rates.split(",")]
+        if a.sizes:
+            self.prof["scrape_sizes"] = [int(n) for n in a.sizes.split(",")]
         self.prober_cpu, self.other_cpu = cpus()
         self.exporter = str(Path(sys.executable).parent / "failover-exporter")
 
@@ -665,9 +673,9 @@ def summarize(
 
 
 async def run_scrape(env: Env, n: int) -> dict[str, Any]:
-    """n targets probed at up to 1,000/s; scrapes like Prometheus (gzip) and plain; the start
-    delay of probes due during a scrape shows the event-loop stall the scrape causes."""
-    interval = max(1.0, n / 1000)
+    """n targets probed at up to SCRAPE_RATE/s; scrapes like Prometheus (gzip) and plain; the
+    start delay of probes due during a scrape shows the event-loop stall the scrape causes."""
+    interval = max(1.0, n / SCRAPE_RATE)
     scrapes: list[dict[str, Any]] = []
     async with Ours(env, range(n), interval, min(0.5, interval / 2)) as ours:
         await asyncio.sleep(interval + env.prof["warm"])
@@ -729,14 +737,15 @@ async def run_churn(env: Env) -> dict[str, Any]:
     n, secs = env.prof["churn_targets"], env.prof["churn_secs"]
     step, period = max(1, n // 10), env.prof["churn_period"]
     samples: list[dict[str, float]] = []
-    ours = Ours(env, range(n), 2.0, 1.0, debug=False)
+    ours = Ours(env, range(n), CHURN_INTERVAL, 1.0, debug=False)
     async with ours:
         t_end = time.monotonic() + secs
         cycle = 0
         while time.monotonic() < t_end:
             await asyncio.sleep(period)
             cycle += 1
-            ours.cfg.write_text(config_text(range(cycle * step, cycle * step + n), 2.0, 1.0))
+            ids = range(cycle * step, cycle * step + n)
+            ours.cfg.write_text(config_text(ids, CHURN_INTERVAL, 1.0))
             os.kill(ours.proc.pid, signal.SIGHUP)
             pid = ours.proc.pid
             samples.append(
@@ -868,9 +877,10 @@ async def attempt(fn: Any, env: Env, rate: int, secs: float) -> dict[str, Any]:
         return dict(await asyncio.wait_for(fn(env, rate, secs), PHASE_TIMEOUT))
     except (RuntimeError, TimeoutError, OSError) as exc:
         tool = "ours" if fn is run_ours else "blackbox"
-        log(f"{tool:8} {rate:5}/s run FAILED: {exc}")
+        why = f"{type(exc).__name__}: {exc}"[:500]
+        log(f"{tool:8} {rate:5}/s run FAILED: {why}")
         empty = {"p50_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
-        return {"tool": tool, "rate": rate, "passed": False, "run_error": str(exc)[:500],
+        return {"tool": tool, "rate": rate, "passed": False, "run_error": why,
                 "error": empty, "start_delay": empty, "cpu": None, "rss_mib": None}  # fmt: skip
 
 
@@ -918,10 +928,12 @@ async def inner(a: argparse.Namespace) -> int:
             res["scrape"] = []
             for n in prof["scrape_sizes"]:
                 try:
-                    res["scrape"].append(await asyncio.wait_for(run_scrape(env, n), PHASE_TIMEOUT))
+                    # 10k targets: a big config to load and ~60 MB bodies; give it longer.
+                    res["scrape"].append(await asyncio.wait_for(run_scrape(env, n), 300))
                 except (RuntimeError, TimeoutError, OSError) as exc:
-                    log(f"scrape {n:6} targets: run FAILED: {exc}")
-                    res["scrape"].append({"targets": n, "run_error": str(exc)[:500]})
+                    why = f"{type(exc).__name__}: {exc}"[:500]
+                    log(f"scrape {n:6} targets: run FAILED: {why}")
+                    res["scrape"].append({"targets": n, "run_error": why})
         if "churn" in only:
             res["churn"] = await asyncio.wait_for(run_churn(env), prof["churn_secs"] + 60)
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -939,6 +951,7 @@ def main() -> int:
     p.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     p.add_argument("--only", help="comma list of accuracy,throughput,scrape,churn")
     p.add_argument("--rates", help="override the accuracy rates, e.g. 1000,2500")
+    p.add_argument("--sizes", help="override the scrape-cost target counts, e.g. 1000,10000")
     p.add_argument("--timeout", type=float, default=1500, help="whole run, seconds (1500)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--srv-ns", help=argparse.SUPPRESS)
