@@ -45,9 +45,15 @@ class Limiter:
         self.held = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a free slot without waiting (and without a timeout scope to set up)."""
         if self.held < self.size and not self._waiters:
             self.held += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -92,6 +98,8 @@ class Scheduler:
         self._monitor: asyncio.Task[None] | None = None
         self._limiter = Limiter(1)
         self._in_flight = 0
+        # Read at scrape time instead of set twice per probe.
+        self_metrics.in_flight.set_function(lambda: self._in_flight)
         self.overload_delay = 0.05
         self.recent: collections.deque[Result] = collections.deque(maxlen=100)
         # Failures are kept longer than successes: they are what an operator comes to look at.
@@ -177,13 +185,14 @@ class Scheduler:
 
     async def _scheduled_run(self, target: Target, slot: float) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(target.timeout):
-                await self._limiter.acquire()
-        except TimeoutError:
-            self.metrics.skipped.labels(reason=SkipReason.CONCURRENCY.value).inc()
-            log.warning("probe skipped: concurrency limit full", extra={"target": target.name})
-            return
+        if not self._limiter.try_acquire():
+            try:
+                async with asyncio.timeout(target.timeout):
+                    await self._limiter.acquire()
+            except TimeoutError:
+                self.metrics.skipped.labels(reason=SkipReason.CONCURRENCY.value).inc()
+                log.warning("probe skipped: concurrency limit full", extra={"target": target.name})
+                return
         try:
             delay = max(0.0, loop.time() - slot)
             self.metrics.start_delay.observe(delay)
@@ -220,7 +229,6 @@ class Scheduler:
         reason: str | None = None
         message = "ok"
         self._in_flight += 1
-        self.metrics.in_flight.set(self._in_flight)
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(target.timeout):
@@ -237,8 +245,12 @@ class Scheduler:
         finally:
             duration = time.perf_counter() - t0
             self._in_flight -= 1
-            self.metrics.in_flight.set(self._in_flight)
-        ctx.log(message if reason is None else f"failed ({reason}): {message}")
+        if reason is None:
+            ctx.log(message)
+            if ctx.duration is not None:
+                duration = ctx.duration
+        else:
+            ctx.log(f"failed ({reason}): {message}")
         return Result(
             target=target,
             started=started,

@@ -34,6 +34,7 @@ class ProbeContext:
 
     __slots__ = (
         "debug",
+        "duration",
         "gauges",
         "observations",
         "phases",
@@ -53,6 +54,9 @@ class ProbeContext:
         self.gauges: dict[str, float] = {}
         self.status_code: int | None = None
         self.debug: list[str] = []
+        # The probe's own measurement of the target's latency, from timestamps at the socket
+        # events; None leaves the scheduler's wall clock around the whole run.
+        self.duration: float | None = None
         # Extra histogram observations by catalogue name (e.g. cold start, image pull).
         self.observations: list[tuple[str, float]] = []
 

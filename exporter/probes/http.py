@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextvars
 import dataclasses
+import functools
 import os
 import re
 import socket
@@ -17,11 +18,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiohappyeyeballs
 import aiohttp
+from aiohttp.abc import ResolveResult
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.helpers import is_ip_address
 from pydantic import Field, SecretStr, field_validator
 from yarl import URL
 
@@ -84,6 +87,8 @@ class Http:
     family: int
     keep_alive: bool
     max_body_bytes: int
+    # The first debug line of every probe, built once.
+    summary: str
 
 
 def _regexes(patterns: list[str], field: str) -> tuple[re.Pattern[bytes], ...]:
@@ -128,17 +133,30 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         family=_FAMILIES[s.ip_family],
         keep_alive=s.keep_alive,
         max_body_bytes=s.max_body_bytes,
+        summary=f"{s.method} {url.with_query(None)}",
     )
 
 
 class _Marks:
-    """Monotonic marks of one request's life, filled by trace hooks and the connector.
+    """Monotonic marks of one request's life, taken by the connector, the request and the protocol.
 
     After a redirect the connection marks describe the last hop, the one whose response counts;
     DNS time adds up over all hops.
     """
 
-    __slots__ = ("created", "dns", "dns_end", "dns_start", "ready", "secure", "ssl_object", "tcp")
+    __slots__ = (
+        "created",
+        "dns",
+        "dns_end",
+        "dns_start",
+        "protocol",
+        "ready",
+        "secure",
+        "sent",
+        "ssl_object",
+        "syn",
+        "tcp",
+    )
 
     def __init__(self) -> None:
         self.dns = 0.0
@@ -146,25 +164,88 @@ class _Marks:
         self.dns_start: float | None = None
         self.dns_end: float | None = None
         self.created: float | None = None
+        # Just before connect(2) (the SYN) and as soon as the loop saw the handshake complete.
+        self.syn: float | None = None
         self.tcp: float | None = None
         self.secure = False
         # The connection (new or reused) is ready for the request.
         self.ready: float | None = None
+        # The request was handed to the transport (written to the socket unless it backs up).
+        self.sent: float | None = None
+        self.protocol: _TimedHandler | None = None
         self.ssl_object: Any = None
 
     def next_hop(self) -> None:
-        self.dns_end = self.created = self.tcp = self.ready = self.ssl_object = None
+        self.dns_end = self.created = self.syn = self.tcp = self.ready = self.sent = None
+        self.protocol = self.ssl_object = None
         self.secure = False
 
 
 _MARKS: contextvars.ContextVar[_Marks | None] = contextvars.ContextVar("http_marks", default=None)
 
 
-class _TimedConnector(aiohttp.TCPConnector):
-    """Marks the end of the TCP handshake so connect and TLS time can be told apart.
+class _TimedHandler(ResponseHandler):
+    """aiohttp's protocol, stamping response bytes as the loop delivers them from the socket.
 
-    aiohttp's trace hooks only report connection creation as a whole (TCP + TLS).
+    These are the closest marks to the wire asyncio offers: a timestamp taken after the response
+    has travelled up a chain of awaits would add the exporter's own scheduling delay.
     """
+
+    first_data: float | None = None
+    last_data: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        if self.first_data is None:
+            self.first_data = now
+        self.last_data = now
+        super().data_received(data)
+
+
+class _TimedRequest(aiohttp.ClientRequest):
+    async def send(self, conn: Any) -> aiohttp.ClientResponse:
+        marks = _MARKS.get()
+        protocol = conn.protocol
+        if marks is None or not isinstance(protocol, _TimedHandler):
+            return await super().send(conn)
+        # A kept-alive connection carries the previous response's marks.
+        protocol.first_data = protocol.last_data = None
+        marks.protocol = protocol
+        response = await super().send(conn)
+        # send() writes a body-less request to the transport before it returns.
+        marks.sent = time.perf_counter()
+        return response
+
+
+class _TimedConnector(aiohttp.TCPConnector):
+    """Marks DNS, the TCP handshake and TLS, so the phases can be told apart.
+
+    aiohttp's trace hooks only report connection creation as a whole (TCP + TLS), and each hook
+    costs coroutine calls on every request; overriding the steps costs a timestamp.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._factory = cast(
+            "functools.partial[ResponseHandler]", functools.partial(_TimedHandler, loop=self._loop)
+        )
+
+    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[ResolveResult]:
+        marks = _MARKS.get()
+        if marks is None or is_ip_address(host):
+            return await super()._resolve_host(host, port, traces)
+        marks.dns_start = time.perf_counter()
+        hosts = await super()._resolve_host(host, port, traces)
+        marks.dns_end = time.perf_counter()
+        marks.dns += marks.dns_end - marks.dns_start
+        marks.dns_start = None
+        return hosts
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+        marks = _MARKS.get()
+        if marks is not None:
+            marks.created = time.perf_counter()
+        return await super()._create_connection(req, traces, timeout)
 
     async def _wrap_create_connection(
         self,
@@ -175,13 +256,17 @@ class _TimedConnector(aiohttp.TCPConnector):
         client_error: type[Exception] = aiohttp.ClientConnectorError,
         **kwargs: Any,
     ) -> Any:
+        marks = _MARKS.get()
+        loop = asyncio.get_running_loop()
         try:
-            sock = await aiohappyeyeballs.start_connection(
-                addr_infos=addr_infos, loop=asyncio.get_running_loop()
-            )
+            if len(addr_infos) == 1:
+                sock = await _connect_one(loop, addr_infos[0], marks)
+            else:
+                if marks is not None:
+                    marks.syn = time.perf_counter()
+                sock = await aiohappyeyeballs.start_connection(addr_infos=addr_infos, loop=loop)
         except OSError as exc:
             raise client_error(req.connection_key, exc) from exc
-        marks = _MARKS.get()
         if marks is not None:
             marks.tcp = time.perf_counter()
             marks.secure = bool(kwargs.get("ssl"))
@@ -203,32 +288,25 @@ class _TimedConnector(aiohttp.TCPConnector):
         return conn
 
 
-async def _on_dns_start(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
-    marks = _MARKS.get()
-    if marks is not None:
-        marks.dns_start = time.perf_counter()
-
-
-async def _on_dns_end(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
-    marks = _MARKS.get()
-    if marks is not None and marks.dns_start is not None:
-        marks.dns_end = time.perf_counter()
-        marks.dns += marks.dns_end - marks.dns_start
-        marks.dns_start = None
-
-
-async def _on_conn_start(_s: Any, _c: SimpleNamespace, _p: Any) -> None:
-    marks = _MARKS.get()
-    if marks is not None:
-        marks.created = time.perf_counter()
+async def _connect_one(
+    loop: asyncio.AbstractEventLoop, addr_info: Any, marks: _Marks | None
+) -> socket.socket:
+    """One address, the usual case: connect directly, the SYN stamped right before connect(2)."""
+    family, type_, proto, _, address = addr_info
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setblocking(False)
+        if marks is not None:
+            marks.syn = time.perf_counter()
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @asynccontextmanager
 async def _session(family: int, keep_alive: bool) -> AsyncIterator[aiohttp.ClientSession]:
-    trace = aiohttp.TraceConfig()
-    trace.on_dns_resolvehost_start.append(_on_dns_start)
-    trace.on_dns_resolvehost_end.append(_on_dns_end)
-    trace.on_connection_create_start.append(_on_conn_start)
     connector = _TimedConnector(
         limit=0,
         family=socket.AddressFamily(family),
@@ -239,7 +317,7 @@ async def _session(family: int, keep_alive: bool) -> AsyncIterator[aiohttp.Clien
     )
     async with aiohttp.ClientSession(
         connector=connector,
-        trace_configs=[trace],
+        request_class=_TimedRequest,
         # The scheduler's asyncio.timeout is the only deadline; aiohttp's would race it.
         timeout=aiohttp.ClientTimeout(total=None),
         auto_decompress=True,
@@ -296,8 +374,10 @@ async def run(p: Http, ctx: ProbeContext) -> None:
     marks = _Marks()
     token = _MARKS.set(marks)
     headers_at: float | None = None
+    done = False
+    redirected = False
     try:
-        ctx.log(f"{p.method} {p.url.with_query(None)}")
+        ctx.log(p.summary)
         async with session.request(
             p.method,
             p.url,
@@ -309,12 +389,14 @@ async def run(p: Http, ctx: ProbeContext) -> None:
             max_redirects=10,
         ) as resp:
             headers_at = time.perf_counter()
+            redirected = bool(resp.history)
             ctx.status_code = resp.status
             ctx.log(f"response {resp.status} {resp.reason or ''}".rstrip())
             not_after = peer_cert_not_after(marks.ssl_object)
             if not_after is not None:
                 ctx.gauges[TLS_NOT_AFTER.name] = not_after
             body = await _read_bounded(resp, p.max_body_bytes)
+            done = True
     except ProbeFailure:
         raise
     except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
@@ -322,7 +404,7 @@ async def run(p: Http, ctx: ProbeContext) -> None:
         raise ProbeFailure(reason, message) from None
     finally:
         _MARKS.reset(token)
-        _record_phases(ctx, marks, headers_at)
+        _record_phases(ctx, marks, headers_at, done and not redirected)
     if p.valid_status:
         if resp.status not in p.valid_status:
             allowed = ", ".join(str(c) for c in sorted(p.valid_status))
@@ -348,23 +430,44 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _record_phases(ctx: ProbeContext, m: _Marks, headers_at: float | None) -> None:
-    """Phases that do not overlap; one cut short by a failure or timeout ends now."""
+def _record_phases(ctx: ProbeContext, m: _Marks, headers_at: float | None, whole: bool) -> None:
+    """Phases that do not overlap; one cut short by a failure or timeout ends now.
+
+    When the response was read in full from one hop, the phases are stamped at the socket events
+    and their sum is the probe's duration: the exporter's own delay between the handshake and
+    writing the request (a turn or more of a busy event loop) is not the target's latency.
+    """
     end = time.perf_counter()
     if m.dns_start is not None:
         m.dns += end - m.dns_start
+    total = 0.0
     if m.dns:
-        ctx.phases["dns"] = m.dns
+        ctx.phases["dns"] = total = m.dns
     # No connect phase when the connection was reused or the lookup never finished.
     if m.created is not None and m.dns_start is None:
-        connect_from = m.dns_end if m.dns_end is not None else m.created
-        ctx.phases["connect"] = (m.tcp if m.tcp is not None else end) - connect_from
+        connect_from = m.syn if m.syn is not None else m.created
+        total += _phase(ctx, "connect", (m.tcp if m.tcp is not None else end) - connect_from)
         if m.tcp is not None and m.secure:
-            ctx.phases["tls"] = (m.ready if m.ready is not None else end) - m.tcp
-    if m.ready is not None:
-        ctx.phases["first_byte"] = (headers_at if headers_at is not None else end) - m.ready
-        if headers_at is not None:
-            ctx.phases["transfer"] = end - headers_at
+            total += _phase(ctx, "tls", (m.ready if m.ready is not None else end) - m.tcp)
+    if m.ready is None:
+        return
+    proto = m.protocol
+    first = proto.first_data if proto is not None else None
+    if m.sent is not None and first is not None and proto is not None:
+        last = proto.last_data if whole and proto.last_data is not None else end
+        total += _phase(ctx, "first_byte", first - m.sent)
+        total += _phase(ctx, "transfer", last - first)
+        if whole:
+            ctx.duration = total
+        return
+    ctx.phases["first_byte"] = (headers_at if headers_at is not None else end) - m.ready
+    if headers_at is not None:
+        ctx.phases["transfer"] = end - headers_at
+
+
+def _phase(ctx: ProbeContext, name: str, value: float) -> float:
+    ctx.phases[name] = value
+    return value
 
 
 def describe(s: HttpSettings) -> str:

@@ -1,0 +1,57 @@
+"""The http probe's duration: its phases, stamped at the socket events, when one hop answered."""
+
+from __future__ import annotations
+
+import math
+
+from tests.probes.conftest import RunProbe
+from tests.probes.test_http import Seen, server
+
+__all__ = ["server"]  # a fixture, re-exported for the tests below
+
+
+async def test_duration_is_the_sum_of_the_phases(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    _, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/slow?head=0.05&body=0.05"})
+    assert result.success, result.message
+    assert set(result.phases) == {"connect", "first_byte", "transfer"}
+    # The exporter's own turns between the phases (connected -> request written) are not counted.
+    assert math.isclose(result.duration, sum(result.phases.values()), abs_tol=1e-9)
+    assert result.phases["first_byte"] >= 0.05
+    assert result.phases["transfer"] >= 0.05
+
+
+async def test_kept_alive_connection_is_request_to_last_byte(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    _, base = server
+    probe = {"kind": "http", "url": f"{base}/slow?head=0.05", "keep_alive": True}
+    first = await run_probe(probe)
+    second = await run_probe(probe)
+    assert first.success, first.message
+    assert second.success, second.message
+    # The previous response's stamps on the reused connection do not leak into this one.
+    assert set(second.phases) == {"first_byte", "transfer"}
+    assert second.phases["first_byte"] >= 0.05
+    assert math.isclose(second.duration, sum(second.phases.values()), abs_tol=1e-9)
+
+
+async def test_redirect_keeps_the_wall_clock(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+    seen, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/redirect?to=/slow%3Fhead%3D0.05"})
+    assert result.success, result.message
+    assert len(seen.requests) == 2
+    # The phases describe the last hop only; the duration covers both.
+    assert result.duration > sum(result.phases.values())
+
+
+async def test_failed_probe_keeps_the_wall_clock(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    _, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/status/503"})
+    assert not result.success
+    assert result.reason == "http_status"
+    assert result.duration >= sum(result.phases.values())
