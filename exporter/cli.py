@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -24,6 +24,7 @@ from exporter.webconfig import WebConfig
 DEFAULT_LISTEN = ":10077"
 COMMANDS = ("run", "check-config", "demo", "drill", "bench")
 log = logging.getLogger("exporter")
+T = TypeVar("T")
 
 
 def _common_web(p: argparse.ArgumentParser) -> None:
@@ -57,6 +58,46 @@ def _common_web(p: argparse.ArgumentParser) -> None:
     )
 
 
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def _event_loop_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--event-loop",
+        dest="event_loop",
+        default="auto",
+        choices=EVENT_LOOPS,
+        help="event loop: uvloop (about 20 %% less CPU per probe, tighter timings; the `uvloop` "
+        "extra), asyncio, or auto: uvloop when it is installed (default auto)",
+    )
+
+
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for `--event-loop`; None is asyncio's default loop."""
+    if event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_async(main: Awaitable[T], event_loop: str) -> T:
+    async def wrapped() -> T:
+        module = type(asyncio.get_running_loop()).__module__
+        log.info(
+            "event loop", extra={"loop": "uvloop" if module.startswith("uvloop") else "asyncio"}
+        )
+        return await main
+
+    with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
+        return runner.run(wrapped())
+
+
 def parser() -> argparse.ArgumentParser:
     from exporter.demo import REGIONS as DEMO_REGIONS  # demo imports this module
 
@@ -70,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the exporter daemon (default)")
     run.add_argument("--config", dest="config", required=True, metavar="FILE", help="YAML config")
     _common_web(run)
+    _event_loop_arg(run)
     check = sub.add_parser("check-config", help="validate a config file, print every error")
     check.add_argument("file", metavar="FILE")
     demo = sub.add_parser(
@@ -77,6 +119,7 @@ def parser() -> argparse.ArgumentParser:
         help="simulated regions on loopback probed from three vantages; needs nothing else",
     )
     _common_web(demo)
+    _event_loop_arg(demo)
     demo.add_argument(
         "--outage-after",
         dest="outage_after",
@@ -181,10 +224,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             for issue in exc.issues:
                 print(f"  {issue}", file=sys.stderr)
             return 1
+    try:
+        loop_factory(args.event_loop)
+    except ImportError:
+        print(
+            "failover-exporter: --event-loop=uvloop needs uvloop: "
+            "pip install 'failover-exporter[uvloop]'",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "demo":
         from exporter import demo
 
-        return demo.main(listen, args.outage_after, web_config, args.serve)
+        return demo.main(listen, args.outage_after, web_config, args.serve, args.event_loop)
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:
@@ -193,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {issue}", file=sys.stderr)
         return 1
     engine = Engine(path=Path(args.config))
-    return asyncio.run(serve(engine, cfg, listen, web_config=web_config))
+    return run_async(serve(engine, cfg, listen, web_config=web_config), args.event_loop)
 
 
 def _drill(args: argparse.Namespace) -> int:

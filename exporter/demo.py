@@ -245,7 +245,8 @@ def main(
     outage_after: float | None,
     web_config: WebConfig | None = None,
     serve: str | None = None,
+    event_loop: str = "asyncio",
 ) -> int:
     if serve is not None:
-        return asyncio.run(serve_one(serve, listen))
-    return asyncio.run(run(listen, outage_after, web_config))
+        return cli.run_async(serve_one(serve, listen), event_loop)
+    return cli.run_async(run(listen, outage_after, web_config), event_loop)
