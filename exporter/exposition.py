@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -91,13 +91,13 @@ def region_lines(regions: Iterable[Region]) -> str:
     return "".join(out)
 
 
-async def render(
+async def chunks(
     states: Sequence[TargetState], regions: Iterable[Region], registry: CollectorRegistry
-) -> bytes:
-    """The whole /metrics body. Yields to the loop every CHUNK lines; each chunk is joined and
-    encoded before yielding, so no single step handles the whole body."""
+) -> AsyncIterator[bytes]:
+    """The /metrics body as encoded chunks of about CHUNK lines, yielding to the loop between
+    them, so that no single step handles the whole body (not even a final join: /metrics
+    streams the chunks as they come)."""
     out: list[str] = []
-    parts: list[bytes] = []
     for spec in metrics.TARGET_FAMILIES:
         if not _has(spec, states):
             continue
@@ -105,10 +105,16 @@ async def render(
         for st in states:
             _target_lines(out, spec, st)
             if len(out) >= CHUNK:
-                parts.append("".join(out).encode())
+                chunk = "".join(out).encode()
                 out.clear()
+                yield chunk
                 await asyncio.sleep(0)
     out.append(region_lines(regions))
-    parts.append("".join(out).encode())
-    parts.append(generate_latest(registry))
-    return b"".join(parts)
+    yield "".join(out).encode() + generate_latest(registry)
+
+
+async def render(
+    states: Sequence[TargetState], regions: Iterable[Region], registry: CollectorRegistry
+) -> bytes:
+    """The whole /metrics body at once."""
+    return b"".join([chunk async for chunk in chunks(states, regions, registry)])

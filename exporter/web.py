@@ -38,13 +38,18 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     regions = engine.config.regions if engine.config else ()
-    body = await exposition.render(engine.scheduler.snapshot(), regions, engine.registry)
-    resp = web.Response(body=body, headers={"Content-Type": exposition.CONTENT_TYPE})
+    # Streamed chunk by chunk as rendered: joining a 10,000-target body (tens of MB) in one step
+    # would stall the probes on the same loop.
+    resp = web.StreamResponse(headers={"Content-Type": exposition.CONTENT_TYPE})
     if "gzip" in request.headers.get("Accept-Encoding", ""):
-        resp.enable_compression()
+        resp.enable_compression(web.ContentCoding.gzip)
+    await resp.prepare(request)
+    async for chunk in exposition.chunks(engine.scheduler.snapshot(), regions, engine.registry):
+        await resp.write(chunk)
+    await resp.write_eof()
     return resp
 
 
