@@ -360,9 +360,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:
-        print(f"failover-exporter: invalid config ({len(exc.issues)} errors):", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
+        exc.report()
         return 1
     opts = Options(
         service=args.service,

@@ -217,12 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             web_config = webconfig.load(args.web_config)
         except ConfigError as exc:
-            print(
-                f"failover-exporter: invalid web config ({len(exc.issues)} errors):",
-                file=sys.stderr,
-            )
-            for issue in exc.issues:
-                print(f"  {issue}", file=sys.stderr)
+            exc.report("web config")
             return 1
     try:
         loop_factory(args.event_loop)
@@ -240,9 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:
-        print(f"failover-exporter: invalid config ({len(exc.issues)} errors):", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
+        exc.report()
         return 1
     engine = Engine(path=Path(args.config))
     return run_async(serve(engine, cfg, listen, web_config=web_config), args.event_loop)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,23 @@ class ConfigError(Exception):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         super().__init__("\n".join(str(i) for i in issues))
         self.issues = issues
+
+    def report(self, what: str = "config") -> None:
+        """Print every issue for a command-line user: no traceback, one line each."""
+        print(f"failover-exporter: invalid {what} ({len(self.issues)} errors):", file=sys.stderr)
+        for issue in self.issues:
+            print(f"  {issue}", file=sys.stderr)
+
+
+def read_text(path: Path, what: str = "config") -> str:
+    """A config file's text, or a ConfigError saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            [ConfigIssue(str(path), None, "", f"cannot read {what}: {reason}")]
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,11 +510,4 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
 def load(path: str | Path) -> Config:
     """Read and validate a config file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(
-            [ConfigIssue(str(p), None, "", f"cannot read config: {reason}")]
-        ) from None
-    return parse(text, str(p), p.parent)
+    return parse(read_text(p), str(p), p.parent)

@@ -30,7 +30,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 # The main config's loader, so that both files report errors the same way: file, line, key.
-from exporter.config import ConfigError, ConfigIssue, Loc, Source
+from exporter.config import ConfigError, ConfigIssue, Loc, Source, read_text
 from exporter.fields import Model
 
 ClientAuth = Literal[
@@ -89,14 +89,7 @@ class WebConfig:
 def load(path: str | Path) -> WebConfig:
     """Read and validate a web config file; raise ConfigError naming file, line and key."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(
-            [ConfigIssue(str(p), None, "", f"cannot read web config: {reason}")]
-        ) from None
-    return parse(text, str(p), p.parent)
+    return parse(read_text(p, "web config"), str(p), p.parent)
 
 
 def parse(text: str, file: str, base_dir: Path) -> WebConfig:
