@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -149,6 +150,7 @@ class _Marks:
         "dns",
         "dns_end",
         "dns_start",
+        "handshake",
         "protocol",
         "ready",
         "secure",
@@ -167,6 +169,8 @@ class _Marks:
         # Just before connect(2) (the SYN) and as soon as the loop saw the handshake complete.
         self.syn: float | None = None
         self.tcp: float | None = None
+        # The kernel's SYN -> SYN-ACK time, when it has one.
+        self.handshake: float | None = None
         self.secure = False
         # The connection (new or reused) is ready for the request.
         self.ready: float | None = None
@@ -176,7 +180,8 @@ class _Marks:
         self.ssl_object: Any = None
 
     def next_hop(self) -> None:
-        self.dns_end = self.created = self.syn = self.tcp = self.ready = self.sent = None
+        self.dns_end = self.created = self.syn = self.tcp = self.handshake = None
+        self.ready = self.sent = None
         self.protocol = self.ssl_object = None
         self.secure = False
 
@@ -268,7 +273,8 @@ class _TimedConnector(aiohttp.TCPConnector):
         except OSError as exc:
             raise client_error(req.connection_key, exc) from exc
         if marks is not None:
-            marks.tcp = time.perf_counter()
+            if marks.tcp is None:
+                marks.tcp = time.perf_counter()
             marks.secure = bool(kwargs.get("ssl"))
         return await self._wrap_existing_connection(
             *args, req=req, timeout=timeout, client_error=client_error, sock=sock, **kwargs
@@ -302,7 +308,35 @@ async def _connect_one(
     except BaseException:
         sock.close()
         raise
+    if marks is not None:
+        marks.tcp = time.perf_counter()
+        marks.handshake = _handshake_rtt(sock)
     return sock
+
+
+# struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, then u32 fields; tcpi_rtt is the 16th.
+_TCPI_RTT = struct.Struct("=I")
+_TCPI_RTT_OFFSET = 8 + 15 * 4
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def _handshake_rtt(sock: socket.socket) -> float | None:
+    """SYN -> SYN-ACK as the kernel measured it (its first RTT sample, in microseconds).
+
+    The loop notices the finished handshake only when it next polls; on a busy loop that is
+    milliseconds later, and the wait is the exporter's, not the target's.
+    """
+    if _TCP_INFO is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_RTT_OFFSET + 4)
+    except OSError:
+        return None
+    if len(info) < _TCPI_RTT_OFFSET + 4:
+        return None
+    (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
+    # 0: no sample (a retransmitted SYN, say); the loop's own marks stand then.
+    return rtt_us / 1e6 if rtt_us else None
 
 
 @asynccontextmanager
@@ -446,7 +480,10 @@ def _record_phases(ctx: ProbeContext, m: _Marks, headers_at: float | None, whole
     # No connect phase when the connection was reused or the lookup never finished.
     if m.created is not None and m.dns_start is None:
         connect_from = m.syn if m.syn is not None else m.created
-        total += _phase(ctx, "connect", (m.tcp if m.tcp is not None else end) - connect_from)
+        connect = (m.tcp if m.tcp is not None else end) - connect_from
+        if m.handshake is not None:
+            connect = min(connect, m.handshake)
+        total += _phase(ctx, "connect", connect)
         if m.tcp is not None and m.secure:
             total += _phase(ctx, "tls", (m.ready if m.ready is not None else end) - m.tcp)
     if m.ready is None:
