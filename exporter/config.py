@@ -164,6 +164,11 @@ MAX_DEPTH = 64
 MAX_VALUES = 100_000
 
 
+# libyaml's parser when PyYAML has it: about ten times faster, and a reload parses while probes
+# run. Same node tree, marks and constructors as the pure-Python one.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class Source:
     """YAML text turned into plain data plus the line of every key path."""
 
@@ -172,7 +177,7 @@ class Source:
         self.lines: dict[Loc, int] = {}
         self.issues: list[ConfigIssue] = []
         self._values = 0
-        loader = yaml.SafeLoader(text)
+        loader = _LOADER(text)
         try:
             try:
                 node = loader.get_single_node()
@@ -184,7 +189,7 @@ class Source:
         finally:
             loader.dispose()
 
-    def _convert(self, loader: yaml.SafeLoader, node: yaml.Node, loc: Loc) -> Any:
+    def _convert(self, loader: Any, node: yaml.Node, loc: Loc) -> Any:
         self._values += 1
         if len(loc) > MAX_DEPTH:
             raise _error(node, f"nested more than {MAX_DEPTH} levels deep (a recursive alias?)")
@@ -228,7 +233,7 @@ def _error(node: yaml.Node, problem: str) -> yaml.MarkedYAMLError:
     return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
 
 
-def _construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+def _construct(loader: Any, node: yaml.Node) -> Any:
     try:
         value = loader.construct_object(node, deep=True)
     except ValueError as exc:

@@ -209,7 +209,7 @@ INVALID = [
     (
         "YAML syntax error",
         "vantage: eu\nservices: [\n  {name: x\n",
-        ["c.yml:4: YAML syntax error: expected ',' or '}', but got '<stream end>'"],
+        ["c.yml:4: YAML syntax error: did not find expected ',' or '}'"],
     ),
     (
         "duplicate YAML keys",

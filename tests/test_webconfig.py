@@ -223,7 +223,7 @@ class TestValidation:
             ("- tls_server_config\n", "web.yml:1: the web config must be a mapping"),
             (
                 "basic_auth_users: {a: 1\n",
-                "web.yml:2: YAML syntax error: expected ',' or '}', but got '<stream end>'",
+                "web.yml:2: YAML syntax error: did not find expected ',' or '}'",
             ),
             ("a: 1\na: 2\n", "web.yml:2: a: duplicate key"),
         ],
