@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import ssl
 from pathlib import Path
@@ -24,8 +25,40 @@ class TlsSettings(Model):
 _VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 
 
+# Contexts are shared by every target with the same TLS settings and files: each one holds the
+# whole CA store (~0.9 MiB), and a reload would otherwise build fresh copies for every target.
+_CONTEXTS: collections.OrderedDict[tuple[object, ...], ssl.SSLContext] = collections.OrderedDict()
+_MAX_CONTEXTS = 256
+
+
+def _file_key(path: Path | None) -> tuple[object, ...]:
+    if path is None:
+        return ()
+    st = path.stat()  # a file replaced in place (rotation) gets a new context
+    return (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def client_context(settings: TlsSettings, base_dir: Path, prefix: str = "tls") -> ssl.SSLContext:
-    """Build the SSL context once per config load; raise SettingError naming the bad field."""
+    """The SSL context for these settings; raise SettingError naming the bad field."""
+    files = [
+        base_dir / f if f is not None else None
+        for f in (settings.ca_file, settings.cert_file, settings.key_file)
+    ]
+    try:
+        key = (settings.verify, settings.min_version, *(_file_key(f) for f in files))
+    except OSError:
+        return _build(settings, base_dir, prefix)  # reports the unreadable file
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        ctx = _CONTEXTS[key] = _build(settings, base_dir, prefix)
+        while len(_CONTEXTS) > _MAX_CONTEXTS:
+            _CONTEXTS.popitem(last=False)
+    else:
+        _CONTEXTS.move_to_end(key)
+    return ctx
+
+
+def _build(settings: TlsSettings, base_dir: Path, prefix: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     if settings.ca_file is not None:
         path = base_dir / settings.ca_file

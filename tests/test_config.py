@@ -280,3 +280,19 @@ def test_target_without_image_counts_for_the_region_only(tmp_path: Path) -> None
     (tmp_path / "c.yml").write_text(text)
     db = next(t for t in config.load(tmp_path / "c.yml").targets if t.name == "eu-db")
     assert (db.region, db.role, db.image) == ("eu", "primary", "")
+
+
+def test_targets_with_the_same_tls_settings_share_one_context(tmp_path: Path) -> None:
+    """Each context holds the whole CA store; one per target would cost ~0.9 MiB each."""
+    text = BASE.replace('"http://127.0.0.1:1/healthz"', '"https://127.0.0.1:1/healthz"') + (
+        "      - {name: b, region: eu, image: slim, probe: {kind: http, url: 'https://h/'}}\n"
+        "      - {name: c, region: eu, image: slim, "
+        "probe: {kind: http, url: 'https://h/', tls: {verify: false}}}\n"
+    )
+    (tmp_path / "c.yml").write_text(text)
+    a, b, c = (t.prepared.ssl for t in config.load(tmp_path / "c.yml").targets)
+    assert a is b
+    assert a is not c
+    assert c.verify_mode.name == "CERT_NONE"
+    again = config.load(tmp_path / "c.yml").targets[0].prepared.ssl
+    assert again is a

@@ -270,6 +270,9 @@ ONLY_OVER_TLS = (
 
 async def test_tls_verified_against_ca(dsns: Cluster, run_probe: RunProbe, tmp_path: Path) -> None:
     dsns.ca.cert_pem.write_to_path(str(tmp_path / "db-ca.pem"))
+    # The replica's heartbeat table comes from the primary: create it first, whatever ran before.
+    assert (await run_probe(pg("PG_PRIMARY"))).success
+    await dsns.wait_replayed()
     r = await run_probe(pg("PG_REPLICA", read_query=ONLY_OVER_TLS, tls={"ca_file": "db-ca.pem"}))
     assert r.success, r.message
     assert r.gauges[IN_RECOVERY] == 1
