@@ -135,12 +135,22 @@ class Scheduler:
                 state.retarget(target)
             self.targets[key] = target
             self._tasks[key] = asyncio.create_task(self._run_target(target), name=target.name)
+        self._forget_replaced()
         self.metrics.targets.clear()
         per_vantage = collections.Counter(t.vantage for t in config.targets)
         for vantage, count in per_vantage.items():
             self.metrics.targets.labels(vantage=vantage).set(count)
         if self._monitor is None:
             self._monitor = asyncio.create_task(self._watch_loop(), name="loop-lag")
+
+    def _forget_replaced(self) -> None:
+        """Drop status-page history of removed or changed targets: it would keep their old
+        settings, TLS contexts and secrets alive until newer results pushed it out."""
+        for ring in (self.recent, self.recent_failures):
+            kept = [r for r in ring if self.targets.get(r.target.key) is r.target]
+            if len(kept) != len(ring):
+                ring.clear()
+                ring.extend(kept)
 
     def _stop_target(self, key: tuple[str, str, str]) -> None:
         task = self._tasks.pop(key, None)

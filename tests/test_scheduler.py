@@ -435,6 +435,11 @@ async def test_good_reload_keeps_adds_and_removes_series(
     assert after["new"] >= 0
     assert samples["failover_exporter_config_last_reload_successful"][()] == 1
     assert next(s for s in engine.scheduler.snapshot() if s.target.name == "keep") is keep_state
+    # The status page's history forgets replaced targets (their old settings and secrets).
+    current = engine.scheduler.targets
+    recent = list(engine.scheduler.recent) + list(engine.scheduler.recent_failures)
+    assert any(r.target.name == "keep" for r in recent)
+    assert all(current.get(r.target.key) is r.target for r in recent)
 
     await asyncio.sleep(0.4)
     later = by_target(await scrape(client), "failover_probes_total")
