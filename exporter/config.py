@@ -379,10 +379,10 @@ def _semantic_issues(src: Source) -> Iterator[ConfigIssue]:
                 )
 
 
-def parse(text: str, file: str, base_dir: Path | None = None) -> Config:
-    """Validate config text; raise ConfigError listing every problem."""
+def read_yaml(text: str, file: str) -> Source:
+    """Parse YAML text with the line of every key path; YAML errors become a ConfigError."""
     try:
-        src = Source(text, file)
+        return Source(text, file)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -395,6 +395,11 @@ def parse(text: str, file: str, base_dir: Path | None = None) -> Config:
         raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax error: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(file, None, "", f"YAML error: {exc}")]) from None
+
+
+def parse(text: str, file: str, base_dir: Path | None = None) -> Config:
+    """Validate config text; raise ConfigError listing every problem."""
+    src = read_yaml(text, file)
     issues = list(src.issues)
     if not isinstance(src.data, dict):
         issues.append(

@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bcrypt
-import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
 # The main config's loader, so that both files report errors the same way: file, line, key.
-from exporter.config import ConfigError, ConfigIssue, Loc, Source, read_text
+from exporter.config import ConfigError, ConfigIssue, Loc, Source, read_text, read_yaml
 from exporter.fields import Model
 
 ClientAuth = Literal[
@@ -93,19 +92,7 @@ def load(path: str | Path) -> WebConfig:
 
 
 def parse(text: str, file: str, base_dir: Path) -> WebConfig:
-    try:
-        src = Source(text, file)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        line = mark.line + 1 if mark else None
-        raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax error: {problem}")]) from None
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        problem = str(exc).splitlines()[0]
-        raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax error: {problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(file, None, "", f"YAML error: {exc}")]) from None
+    src = read_yaml(text, file)
     issues = list(src.issues)
     data = {} if src.data is None else src.data
     if not isinstance(data, dict):
