@@ -296,9 +296,13 @@ def _semantic_issues(src: Source) -> Iterator[ConfigIssue]:
     defaults = defaults if isinstance(defaults, dict) else {}
     default_interval = _duration(defaults.get("interval", 5)) or 5.0
     default_timeout = _duration(defaults.get("timeout", 2)) or 2.0
-    if default_timeout >= default_interval and "timeout" in defaults:
+    if default_timeout >= default_interval:
+        # Also when only the interval is set: the built-in 2s timeout must fit under it.
+        field = "timeout" if "timeout" in defaults else "interval"
         yield src.issue(
-            ("defaults", "timeout"), f"must be below interval ({format_duration(default_interval)})"
+            ("defaults", field),
+            f"timeout ({format_duration(default_timeout)}) must be below interval "
+            f"({format_duration(default_interval)})",
         )
 
     target_names: dict[str, Loc] = {}

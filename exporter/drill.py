@@ -11,6 +11,7 @@ then, after recovery is injected:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,6 +26,7 @@ from aiohttp import web
 log = logging.getLogger("exporter.drill")
 
 POLL = 0.5
+COMMAND_TIMEOUT = 120.0
 
 
 @dataclasses.dataclass
@@ -123,7 +125,15 @@ async def _run_command(argv: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    out, _ = await proc.communicate()
+    try:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            out, _ = await proc.communicate()
+    except BaseException:
+        # A hung or cancelled inject/recover command must not outlive the drill.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
     if proc.returncode != 0:
         text = out.decode(errors="replace").strip()[-500:]
         raise RuntimeError(f"{shlex.join(argv)} exited {proc.returncode}: {text}")
@@ -198,8 +208,8 @@ async def _drill(opts: DrillOptions, prom: _Prometheus, hook: _Webhook) -> Repor
     log.info("injecting outage", extra={"command": shlex.join(opts.inject)})
     try:
         await _run_command(opts.inject)
-    except (OSError, RuntimeError) as exc:
-        report.errors.append(f"inject failed: {exc}")
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        report.errors.append(f"inject failed: {exc or 'timed out'}")
         return report
     deadline = start + opts.timeout
 
@@ -227,8 +237,8 @@ async def _drill(opts: DrillOptions, prom: _Prometheus, hook: _Webhook) -> Repor
     log.info("injecting recovery", extra={"command": shlex.join(opts.recover)})
     try:
         await _run_command(opts.recover)
-    except (OSError, RuntimeError) as exc:
-        report.errors.append(f"recover failed: {exc}")
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        report.errors.append(f"recover failed: {exc or 'timed out'}")
         return report
     rstart = time.monotonic()
     report.recovered_at = time.time()

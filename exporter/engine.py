@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import platform
 import time
@@ -108,6 +109,11 @@ class Engine:
             return False
         old = self.config
         self._use(cfg)
+        if gc.get_freeze_count():
+            # serve() froze the start-up heap; let the replaced config's cycles be collected.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
         log.info(
             "config reloaded",
             extra={

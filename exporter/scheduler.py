@@ -108,6 +108,7 @@ class Scheduler:
         self._window: collections.deque[list[int]] = collections.deque(maxlen=overload_window)
         self._window_second = 0
         self._stopping = False
+        self._stopped: set[asyncio.Task[None]] = set()
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -156,11 +157,15 @@ class Scheduler:
         task = self._tasks.pop(key, None)
         if task is not None:
             task.cancel()
+            # Kept until it has finished unwinding, so stop() can wait for it before the
+            # resources it may still be using are closed.
+            self._stopped.add(task)
+            task.add_done_callback(self._stopped.discard)
 
     async def stop(self) -> None:
         """Cancel every probe and background task and wait for them all."""
         self._stopping = True
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._stopped]
         if self._monitor is not None:
             tasks.append(self._monitor)
         for task in tasks:

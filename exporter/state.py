@@ -104,6 +104,9 @@ class TargetState:
                 latencies.append(value)
         if result.status_code is not None:
             g[metrics.HTTP_STATUS.name] = float(result.status_code)
+        elif metrics.HTTP_STATUS.name in g:
+            # No response this time: a stale 200 would read as healthy (the HELP promises 0).
+            g[metrics.HTTP_STATUS.name] = 0.0
         if result.success:
             # A probe that observed its own latency samples (icmp: one per reply) replaces the
             # end-to-end duration, which would count pacing and waits for lost packets.

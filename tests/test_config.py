@@ -142,7 +142,7 @@ INVALID = [
         + "      - {name: b, region: eu, image: slim, interval: 1s, timeout: 1500ms,"
         " probe: {kind: tcp, address: 'h:1'}}\n",
         [
-            "c.yml:2: defaults.timeout: must be below interval (2s)",
+            "c.yml:2: defaults.timeout: timeout (2s) must be below interval (2s)",
             "c.yml:15: services[0].targets[1].timeout: timeout (1.5s) must be below interval (1s)",
         ],
     ),
@@ -296,3 +296,20 @@ def test_targets_with_the_same_tls_settings_share_one_context(tmp_path: Path) ->
     assert c.verify_mode.name == "CERT_NONE"
     again = config.load(tmp_path / "c.yml").targets[0].prepared.ssl
     assert again is a
+
+
+def test_default_timeout_must_fit_a_shorter_default_interval(tmp_path: Path) -> None:
+    text = BASE.replace("vantage: eu\n", "vantage: eu\ndefaults: {interval: 1s}\n")
+    assert errors(tmp_path, text) == [
+        "c.yml:2: defaults.interval: timeout (2s) must be below interval (1s)"
+    ]
+
+
+def test_tcp_tls_config_without_tls_is_an_error(tmp_path: Path) -> None:
+    text = BASE + (
+        "      - {name: t, region: eu, image: slim, probe: {kind: tcp, address: 'h:443',"
+        " tls_config: {ca_file: ca.pem}}}\n"
+    )
+    assert errors(tmp_path, text) == [
+        "c.yml:14: services[0].targets[1].probe: tls_config is set but tls is false; add tls: true"
+    ]

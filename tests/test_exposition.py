@@ -296,3 +296,14 @@ async def test_render_yields_to_the_loop(tmp_path: Path) -> None:
     assert body.count(b"failover_probes_total{") == 5000
     # A render that never yielded would let the ticker run at most once.
     assert during >= 5000 // exposition.CHUNK, during
+
+
+def test_status_code_drops_to_zero_when_no_response_arrives(tmp_path: Path) -> None:
+    """A target that stopped answering must not keep showing its last 200."""
+    (tmp_path / "c.yml").write_text(GOLDEN_CONFIG)
+    target = next(t for t in config.load(tmp_path / "c.yml").targets if t.kind == "http")
+    st = TargetState(target, REGISTRY[target.kind].reasons)
+    st.record(fixed_result(target, 0, success=True))
+    assert st.gauges[metrics.HTTP_STATUS.name] == 200
+    st.record(fixed_result(target, 1, success=False))
+    assert st.gauges[metrics.HTTP_STATUS.name] == 0

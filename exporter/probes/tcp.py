@@ -12,7 +12,7 @@ import ssl
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from exporter.fields import SettingError
 from exporter.metrics import TLS_NOT_AFTER, Reason
@@ -38,6 +38,13 @@ class TcpSettings(ProbeSettings):
     expect: str | None = None
     ip_family: Literal["any", "ipv4", "ipv6"] = "any"
     max_read_bytes: int = Field(65536, ge=1, le=1 << 24)
+
+    @model_validator(mode="after")
+    def _tls_config_needs_tls(self) -> TcpSettings:
+        # Without `tls: true` the settings would silently do nothing.
+        if not self.tls and "tls_config" in self.model_fields_set:
+            raise ValueError("tls_config is set but tls is false; add tls: true")
+        return self
 
     @field_validator("address")
     @classmethod

@@ -25,6 +25,7 @@ from exporter.resources import Resources
 from exporter.scheduler import Scheduler
 from exporter.state import Result
 from tests.conftest import MakeConfig, one_service
+from tests.tools import missing
 
 RunProbe = Callable[..., Awaitable[Result]]
 
@@ -172,7 +173,7 @@ def ipv6_loopback() -> None:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
             sock.bind(("::1", 0))
     except OSError as exc:
-        pytest.skip(f"NO IPV6 ON LOOPBACK: cannot bind ::1 ({exc.strerror}); IPv6 cases not run")
+        missing(f"IPv6 on loopback: cannot bind ::1 ({exc.strerror}); IPv6 cases not run")
 
 
 # Beyond the timeout, what a probe may take to give up and clean up, CPU starvation excluded.
