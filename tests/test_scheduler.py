@@ -471,7 +471,7 @@ async def test_bad_reload_keeps_old_config_and_says_so(
     assert "previous config kept" in body
     cfg_file = str(tmp_path / "config.yml")
     assert f"{cfg_file}:2: defaults.colour: unknown key" in body
-    assert f"{cfg_file}:2: defaults.timeout: must be below interval" in body
+    assert f"{cfg_file}:2: defaults.timeout: timeout (200ms) must be below interval (100ms)" in body
     assert "Traceback" not in body
 
     samples = await scrape(client)
