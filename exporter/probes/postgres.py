@@ -63,6 +63,9 @@ class PostgresSettings(ProbeSettings):
             raise ValueError(
                 "heartbeat_table must be a lower-case SQL identifier, optionally schema.table"
             )
+        if self.tls is not None and self.tls.server_name is not None:
+            # asyncpg verifies against the DSN's host; accepting the key would silently ignore it.
+            raise ValueError("tls.server_name is not supported by the postgres probe")
         return self
 
 

@@ -561,6 +561,10 @@ async def test_dsn_file_reread_after_rotation(
             {"kind": "postgres", "dsn_env": "PG_KV", "dsn": "postgres://u:p@h/db"},
             "services[0].targets[0].probe.dsn: unknown key",
         ),
+        (
+            {"kind": "postgres", "dsn_env": "PG_KV", "tls": {"server_name": "db.internal"}},
+            "services[0].targets[0].probe: tls.server_name is not supported by the postgres probe",
+        ),
     ],
 )
 def test_config_errors(
