@@ -12,7 +12,6 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Iterable
 
 from exporter.config import Config, Target
 from exporter.metrics import Reason, SelfMetrics, SkipReason
@@ -107,7 +106,6 @@ class Scheduler:
         # Per second: [probes started, probes started late, loop lag samples over budget].
         self._window: collections.deque[list[int]] = collections.deque(maxlen=overload_window)
         self._window_second = 0
-        self._stopping = False
         self._stopped: set[asyncio.Task[None]] = set()
 
     # -- configuration ---------------------------------------------------------------------
@@ -164,7 +162,6 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Cancel every probe and background task and wait for them all."""
-        self._stopping = True
         tasks = [*self._tasks.values(), *self._stopped]
         if self._monitor is not None:
             tasks.append(self._monitor)
@@ -336,7 +333,3 @@ class Scheduler:
 
     def find(self, name: str, vantage: str | None = None) -> list[Target]:
         return [t for t in self.targets.values() if t.name == name and vantage in (None, t.vantage)]
-
-
-def sorted_targets(targets: Iterable[Target]) -> list[Target]:
-    return sorted(targets, key=lambda t: (t.service, t.region, t.image, t.name, t.vantage))

@@ -13,9 +13,9 @@ from aiohttp import web
 from exporter import __version__, exposition
 from exporter.config import Target
 from exporter.engine import Engine
-from exporter.metrics import Role
+from exporter.metrics import TARGET_LABELS, Role
 from exporter.probes import REGISTRY
-from exporter.state import Result, TargetState
+from exporter.state import Result, TargetState, label_text
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 PROBE_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("probe_slots", asyncio.Semaphore)
@@ -97,35 +97,32 @@ async def probe(request: web.Request) -> web.Response:
 
 
 def _probe_exposition(r: Result) -> str:
-    t = r.target
-    state = TargetState(t, REGISTRY[t.kind].reasons)
-    state.gauges.clear()
-    state.record(r)
+    labels = label_text(TARGET_LABELS, r.target.labels)
     lines = [
         "# HELP failover_probe_success 1 if this probe succeeded.",
         "# TYPE failover_probe_success gauge",
-        f"failover_probe_success{{{state.labels}}} {int(r.success)}",
+        f"failover_probe_success{{{labels}}} {int(r.success)}",
         "# HELP failover_probe_duration_seconds Duration of this probe.",
         "# TYPE failover_probe_duration_seconds gauge",
-        f"failover_probe_duration_seconds{{{state.labels}}} {exposition.fmt(r.duration)}",
+        f"failover_probe_duration_seconds{{{labels}}} {exposition.fmt(r.duration)}",
         "# HELP failover_probe_phase_duration_seconds Duration of each phase of this probe.",
         "# TYPE failover_probe_phase_duration_seconds gauge",
     ]
     lines += [
-        f'failover_probe_phase_duration_seconds{{{state.labels},phase="{p}"}} {exposition.fmt(v)}'
+        f'failover_probe_phase_duration_seconds{{{labels},phase="{p}"}} {exposition.fmt(v)}'
         for p, v in r.phases.items()
     ]
     if r.status_code is not None:
         lines += [
             "# HELP failover_http_status_code HTTP status code of this probe.",
             "# TYPE failover_http_status_code gauge",
-            f"failover_http_status_code{{{state.labels}}} {r.status_code}",
+            f"failover_http_status_code{{{labels}}} {r.status_code}",
         ]
     if r.reason:
         lines += [
             "# HELP failover_probe_failure_info Why this probe failed, value 1.",
             "# TYPE failover_probe_failure_info gauge",
-            f'failover_probe_failure_info{{{state.labels},reason="{r.reason}"}} 1',
+            f'failover_probe_failure_info{{{labels},reason="{r.reason}"}} 1',
         ]
     return "\n".join(lines) + "\n"
 

@@ -62,6 +62,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
+def _serving(argv: list[str], log: Path, url: str) -> Iterator[str]:
+    """Start a server process logging to `log`, wait until `url`/-/ready answers, stop it."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"{url}/-/ready", proc, log)
+        yield url
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
 def alertmanager(workdir: Path, config: dict[str, Any] | str) -> Iterator[str]:
     """Run Alertmanager on a free port; yields its base URL."""
     binary = need("prometheus-alertmanager")
@@ -69,27 +81,20 @@ def alertmanager(workdir: Path, config: dict[str, Any] | str) -> Iterator[str]:
     cfg = workdir / "alertmanager.yml"
     cfg.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
     port, cluster = free_port(), free_port()
-    log = workdir / "alertmanager.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={cfg}",
-                f"--storage.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--cluster.listen-address=127.0.0.1:{cluster}",
-                "--cluster.advertise-address=127.0.0.1:0",
-                "--log.level=debug",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/-/ready", proc, log)
+    with _serving(
+        [
+            binary,
+            f"--config.file={cfg}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--cluster.listen-address=127.0.0.1:{cluster}",
+            "--cluster.advertise-address=127.0.0.1:0",
+            "--log.level=debug",
+        ],
+        workdir / "alertmanager.log",
+        f"http://127.0.0.1:{port}",
+    ) as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 @contextlib.contextmanager
@@ -117,9 +122,8 @@ def prometheus(
     cfg = workdir / "prometheus.yml"
     cfg.write_text(yaml.safe_dump(config))
     port = free_port()
-    log = workdir / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
+    try:
+        with _serving(
             [
                 binary,
                 f"--config.file={cfg}",
@@ -128,15 +132,11 @@ def prometheus(
                 "--web.enable-lifecycle",
                 *extra_flags,
             ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/-/ready", proc, log)
-        yield url
+            workdir / "prometheus.log",
+            f"http://127.0.0.1:{port}",
+        ) as url:
+            yield url
     finally:
-        _stop(proc)
         shutil.rmtree(workdir / "data", ignore_errors=True)
 
 

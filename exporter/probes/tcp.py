@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -88,7 +89,7 @@ def prepare(s: TcpSettings, base_dir: Path) -> Tcp:
 async def run(p: Tcp, ctx: ProbeContext) -> None:
     loop = asyncio.get_running_loop()
     # An address literal needs no lookup, so it gets no dns phase.
-    with _null() if _is_literal(p.host) else ctx.phase("dns"):
+    with contextlib.nullcontext() if _is_literal(p.host) else ctx.phase("dns"):
         try:
             infos = await loop.getaddrinfo(p.host, p.port, family=p.family, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -106,7 +107,7 @@ async def run(p: Tcp, ctx: ProbeContext) -> None:
                 # asyncio puts "Connect call failed (address)" in strerror; the errno says why.
                 why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
                 raise ProbeFailure(Reason.CONNECT, f"cannot connect: {why}") from None
-        with ctx.phase("tls") if p.ssl is not None else _null():
+        with ctx.phase("tls") if p.ssl is not None else contextlib.nullcontext():
             try:
                 reader, writer = await asyncio.open_connection(
                     sock=sock,
@@ -160,14 +161,6 @@ def _is_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def describe(s: TcpSettings) -> str:
