@@ -17,7 +17,7 @@ from exporter.config import Config, Target
 from exporter.metrics import Reason, SelfMetrics, SkipReason
 from exporter.probes import REGISTRY, ProbeContext, ProbeFailure
 from exporter.resources import Resources
-from exporter.state import Result, TargetState
+from exporter.state import Outcome, Result, TargetState
 
 log = logging.getLogger("exporter.scheduler")
 
@@ -277,7 +277,7 @@ class Scheduler:
             observations=ctx.observations,
         )
 
-    def _remember(self, result: Result, previous: Result | None) -> None:
+    def _remember(self, result: Result, previous: Outcome | None) -> None:
         self.recent.append(result)
         if not result.success:
             self.recent_failures.append(result)

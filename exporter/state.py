@@ -6,8 +6,8 @@ in chunks, so a scrape of thousands of targets does not freeze the event loop.
 
 from __future__ import annotations
 
+import array
 import bisect
-import collections
 import dataclasses
 import time
 
@@ -48,6 +48,35 @@ class Result:
     observations: list[tuple[str, float]] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the status page and the failing/recovered log need of a target's last probe.
+
+    Kept per target instead of the whole Result, whose debug lines, phases and gauges are about
+    a kilobyte: at 10,000 targets that was 10 MB for a verdict. The full Results of the latest
+    probes stay in the scheduler's bounded history for the status page's details.
+    """
+
+    success: bool
+    reason: str | None
+
+
+_OUTCOMES: dict[tuple[bool, str | None], Outcome] = {}
+
+
+def outcome(success: bool, reason: str | None) -> Outcome:
+    """The shared Outcome for this verdict: there are only as many as there are reasons."""
+    key = (success, reason)
+    found = _OUTCOMES.get(key)
+    if found is None:
+        found = _OUTCOMES[key] = Outcome(success, reason)
+    return found
+
+
+# Latency samples per target behind the status page's quantiles.
+RECENT_SAMPLES = 120
+
+
 def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -68,6 +97,7 @@ class TargetState:
         "phases",
         "probes",
         "recent",
+        "recent_next",
         "target",
     )
 
@@ -83,8 +113,11 @@ class TargetState:
         self.histograms: dict[str, Histogram] = {
             metrics.PROBE_DURATION.name: Histogram(metrics.PROBE_DURATION.buckets)
         }
-        self.recent: collections.deque[float] = collections.deque(maxlen=120)
-        self.last: Result | None = None
+        # A ring of unboxed doubles (filled up to RECENT_SAMPLES, then overwritten at
+        # `recent_next`): a deque of float objects cost about 4 KB per target once full.
+        self.recent = array.array("d")
+        self.recent_next = 0
+        self.last: Outcome | None = None
 
     def retarget(self, target: Target) -> None:
         self.target = target
@@ -92,7 +125,7 @@ class TargetState:
 
     def record(self, result: Result) -> None:
         self.probes += 1
-        self.last = result
+        self.last = outcome(result.success, result.reason)
         self.phases = result.phases
         g = self.gauges
         g[metrics.PROBE_SUCCESS.name] = 1.0 if result.success else 0.0
@@ -114,9 +147,18 @@ class TargetState:
                 self.histograms[metrics.PROBE_DURATION.name].observe(result.duration)
                 latencies.append(result.duration)
             g[metrics.PROBE_LAST_SUCCESS.name] = time.time()
-            self.recent.extend(latencies)
+            self._sample(latencies)
         elif result.reason is not None:
             self.failures[result.reason] = self.failures.get(result.reason, 0) + 1
+
+    def _sample(self, values: list[float]) -> None:
+        ring = self.recent
+        for value in values:
+            if len(ring) < RECENT_SAMPLES:
+                ring.append(value)
+            else:
+                ring[self.recent_next] = value
+                self.recent_next = (self.recent_next + 1) % RECENT_SAMPLES
 
     def observe(self, name: str, value: float) -> None:
         """Observe a catalogue histogram (e.g. cold start) or add to a catalogue counter."""
