@@ -43,12 +43,20 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     regions = engine.config.regions if engine.config else ()
     # Streamed chunk by chunk as rendered: joining a 10,000-target body (tens of MB) in one step
     # would stall the probes on the same loop.
-    resp = web.StreamResponse(headers={"Content-Type": exposition.CONTENT_TYPE})
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
-        resp.enable_compression(web.ContentCoding.gzip)
+    headers = {"Content-Type": exposition.CONTENT_TYPE}
+    # Compressed here, not by aiohttp's enable_compression: that uses zlib's default level.
+    gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
+    if gzip:
+        headers["Content-Encoding"] = "gzip"
+    resp = web.StreamResponse(headers=headers)
     await resp.prepare(request)
+    packer = exposition.gzip_compressor() if gzip else None
     async for chunk in exposition.chunks(engine.scheduler.snapshot(), regions, engine.registry):
-        await resp.write(chunk)
+        data = packer.compress(chunk) if packer else chunk
+        if data:
+            await resp.write(data)
+    if packer:
+        await resp.write(packer.flush())
     await resp.write_eof()
     return resp
 
