@@ -1,31 +1,32 @@
 """HTTP(S) probe: status, body checks, phase timings, certificate expiry.
 
 A new connection per probe by default, so connect and TLS time are measured every time.
+
+The client is one HTTP/1.1 exchange on an asyncio.Protocol, parsed by llhttp (httptools): every
+timestamp is taken in the loop's socket callbacks, and a probe costs a few dozen Python calls
+instead of a general-purpose client's layers (request, connector, pool, stream reader), which
+is most of the CPU a probe takes (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextvars
 import dataclasses
-import functools
 import os
 import re
 import socket
 import ssl
 import struct
 import time
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import aiohappyeyeballs
-import aiohttp
-from aiohttp.abc import ResolveResult
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.helpers import is_ip_address
+import httptools
 from pydantic import Field, SecretStr, field_validator
 from yarl import URL
 
@@ -37,6 +38,10 @@ from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
 
 _FAMILIES = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 _USER_AGENT = f"failover_exporter/{__version__}"
+_MAX_REDIRECTS = 10
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+# Header names a user may not set: the client owns the message framing.
+_FRAMING = frozenset(("content-length", "transfer-encoding", "connection"))
 
 
 class BasicAuth(Model):
@@ -71,25 +76,44 @@ class HttpSettings(ProbeSettings):
             raise ValueError("must not contain credentials; use basic_auth with env or file")
         return value
 
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"header {name!r}: value must not contain CR, LF or NUL")
+            if name.lower() in _FRAMING:
+                raise ValueError(f"header {name!r} is set by the probe (keep_alive, body)")
+        return value
+
 
 @dataclasses.dataclass(frozen=True)
 class Http:
     url: URL
     method: str
-    headers: dict[str, str]
+    # User headers plus the defaults, without the secret one.
+    headers: tuple[tuple[str, str], ...]
     auth_header: SecretStr | None
     body: bytes | None
     valid_status: frozenset[int]
     must_match: tuple[re.Pattern[bytes], ...]
     must_not_match: tuple[re.Pattern[bytes], ...]
     follow_redirects: bool
-    ssl: ssl.SSLContext | bool
+    # None for a plain http URL without TLS settings: a redirect to https verifies with the
+    # default context.
+    ssl: ssl.SSLContext | None
     server_name: str | None
     family: int
     keep_alive: bool
     max_body_bytes: int
     # The first debug line of every probe, built once.
     summary: str
+    # The first hop's request bytes, built once; they may hold the Authorization header.
+    request: bytes = dataclasses.field(repr=False)
+    # The first hop's addresses when the URL's host is an IP literal (no lookup to time).
+    addresses: tuple[Any, ...] | None = dataclasses.field(repr=False)
 
 
 def _regexes(patterns: list[str], field: str) -> tuple[re.Pattern[bytes], ...]:
@@ -100,6 +124,17 @@ def _regexes(patterns: list[str], field: str) -> tuple[re.Pattern[bytes], ...]:
         except re.error as exc:
             raise SettingError(f"{field}[{i}]", f"invalid regular expression: {exc}") from None
     return tuple(out)
+
+
+def _literal_addresses(url: URL, family: int) -> tuple[Any, ...] | None:
+    host = url.raw_host or ""
+    try:
+        infos = socket.getaddrinfo(
+            host, url.port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+        )
+    except socket.gaierror:
+        return None  # a name (or a family mismatch, reported by the lookup at probe time)
+    return tuple(infos)
 
 
 def prepare(s: HttpSettings, base_dir: Path) -> Http:
@@ -114,204 +149,328 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
     except ValueError as exc:
         field = "basic_auth.password" if s.basic_auth else "bearer_token"
         raise SettingError(field, str(exc)) from None
+    if auth is not None and any(c in auth.get_secret_value() for c in "\r\n\0"):
+        field = "basic_auth.password" if s.basic_auth else "bearer_token"
+        raise SettingError(field, "must not contain CR, LF or NUL")
     url = URL(s.url)
+    defaults = {"User-Agent": _USER_AGENT, "Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
+    given = {k.lower() for k in s.headers}
+    headers = (
+        *((k, v) for k, v in defaults.items() if k.lower() not in given),
+        *s.headers.items(),
+    )
+    body = s.body.encode() if s.body is not None else None
+    family = _FAMILIES[s.ip_family]
     return Http(
         url=url,
         method=s.method,
-        headers={"User-Agent": _USER_AGENT, **s.headers},
+        headers=headers,
         auth_header=auth,
-        body=s.body.encode() if s.body is not None else None,
+        body=body,
         valid_status=frozenset(s.valid_status_codes),
         must_match=_regexes(s.body_must_match, "body_must_match"),
         must_not_match=_regexes(s.body_must_not_match, "body_must_not_match"),
         follow_redirects=s.follow_redirects,
-        # Plain http URLs still verify: a redirect may lead to https. aiohttp's shared default
-        # context (True) saves building one per target when there are no TLS settings.
         ssl=client_context(s.tls, base_dir)
         if url.scheme == "https" or s.tls.model_fields_set
-        else True,
+        else None,
         server_name=s.tls.server_name,
-        family=_FAMILIES[s.ip_family],
+        family=family,
         keep_alive=s.keep_alive,
         max_body_bytes=s.max_body_bytes,
         summary=f"{s.method} {url.with_query(None)}",
+        request=_request(s.method, url, headers, auth, body, s.keep_alive),
+        addresses=_literal_addresses(url, family),
     )
+
+
+def _request(
+    method: str,
+    url: URL,
+    headers: tuple[tuple[str, str], ...],
+    auth: SecretStr | None,
+    body: bytes | None,
+    keep_alive: bool,
+) -> bytes:
+    lines = [f"{method} {url.raw_path_qs or '/'} HTTP/1.1"]
+    if not any(k.lower() == "host" for k, _ in headers):
+        lines.append(f"Host: {url.host_port_subcomponent}")
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    if auth is not None:
+        lines.append(f"Authorization: {auth.get_secret_value()}")
+    if not keep_alive:
+        lines.append("Connection: close")
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return head + body if body is not None else head
+
+
+# -- one exchange -----------------------------------------------------------------------------
 
 
 class _Marks:
-    """Monotonic marks of one request's life, taken by the connector, the request and the protocol.
+    """Monotonic marks of one hop, taken at the socket events. DNS time adds up over hops."""
 
-    After a redirect the connection marks describe the last hop, the one whose response counts;
-    DNS time adds up over all hops.
-    """
-
-    __slots__ = (
-        "created",
-        "dns",
-        "dns_end",
-        "dns_start",
-        "handshake",
-        "protocol",
-        "ready",
-        "secure",
-        "sent",
-        "ssl_object",
-        "syn",
-        "tcp",
-    )
+    __slots__ = ("dns", "dns_start", "handshake", "ready", "secure", "sent", "syn", "tcp")
 
     def __init__(self) -> None:
         self.dns = 0.0
         # Set while a lookup is in flight, so a lookup cut short still counts as DNS time.
         self.dns_start: float | None = None
-        self.dns_end: float | None = None
-        self.created: float | None = None
+        self.next_hop()
+
+    def next_hop(self) -> None:
         # Just before connect(2) (the SYN) and as soon as the loop saw the handshake complete.
         self.syn: float | None = None
         self.tcp: float | None = None
         # The kernel's SYN -> SYN-ACK time, when it has one.
         self.handshake: float | None = None
         self.secure = False
-        # The connection (new or reused) is ready for the request.
+        # The connection (new or reused) is ready for the request, and the request was handed
+        # to the transport (written to the socket unless it backs up).
         self.ready: float | None = None
-        # The request was handed to the transport (written to the socket unless it backs up).
         self.sent: float | None = None
-        self.protocol: _TimedHandler | None = None
-        self.ssl_object: Any = None
-
-    def next_hop(self) -> None:
-        self.dns_end = self.created = self.syn = self.tcp = self.handshake = None
-        self.ready = self.sent = None
-        self.protocol = self.ssl_object = None
-        self.secure = False
 
 
-_MARKS: contextvars.ContextVar[_Marks | None] = contextvars.ContextVar("http_marks", default=None)
-
-
-class _TimedHandler(ResponseHandler):
-    """aiohttp's protocol, stamping response bytes as the loop delivers them from the socket.
+class _Exchange(asyncio.Protocol):
+    """One request's response, parsed as the loop delivers bytes from the socket.
 
     These are the closest marks to the wire asyncio offers: a timestamp taken after the response
     has travelled up a chain of awaits would add the exporter's own scheduling delay.
     """
 
-    first_data: float | None = None
-    last_data: float | None = None
+    def __init__(self, loop: asyncio.AbstractEventLoop, head: bool, limit: int, keep: bool):
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.parser = httptools.HttpResponseParser(self)
+        self.connected: float | None = None
+        self.head = head
+        self.limit = limit
+        # The body is kept only when a regex will read it; otherwise it is only counted.
+        self.keep = keep
+        self.status = 0
+        self.reason = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.first_data: float | None = None
+        self.last_data: float | None = None
+        self.headers_done = False
+        self.complete = False
+        self.until_close = False
+        self.keep_alive = False
+        self.decoder: Any = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connected = time.perf_counter()
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
         if self.first_data is None:
             self.first_data = now
         self.last_data = now
-        super().data_received(data)
-
-
-class _TimedRequest(aiohttp.ClientRequest):
-    async def send(self, conn: Any) -> aiohttp.ClientResponse:
-        marks = _MARKS.get()
-        protocol = conn.protocol
-        if marks is None or not isinstance(protocol, _TimedHandler):
-            return await super().send(conn)
-        # A kept-alive connection carries the previous response's marks.
-        protocol.first_data = protocol.last_data = None
-        marks.protocol = protocol
-        response = await super().send(conn)
-        # send() writes a body-less request to the transport before it returns.
-        marks.sent = time.perf_counter()
-        return response
-
-
-class _TimedConnector(aiohttp.TCPConnector):
-    """Marks DNS, the TCP handshake and TLS, so the phases can be told apart.
-
-    aiohttp's trace hooks only report connection creation as a whole (TCP + TLS), and each hook
-    costs coroutine calls on every request; overriding the steps costs a timestamp.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._factory = cast(
-            "functools.partial[ResponseHandler]", functools.partial(_TimedHandler, loop=self._loop)
-        )
-
-    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[ResolveResult]:
-        marks = _MARKS.get()
-        if marks is None or is_ip_address(host):
-            return await super()._resolve_host(host, port, traces)
-        marks.dns_start = time.perf_counter()
-        hosts = await super()._resolve_host(host, port, traces)
-        marks.dns_end = time.perf_counter()
-        marks.dns += marks.dns_end - marks.dns_start
-        marks.dns_start = None
-        return hosts
-
-    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
-        marks = _MARKS.get()
-        if marks is not None:
-            marks.created = time.perf_counter()
-        return await super()._create_connection(req, traces, timeout)
-
-    async def _wrap_create_connection(
-        self,
-        *args: Any,
-        addr_infos: list[Any],
-        req: Any,
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
-        client_error: type[Exception] = aiohttp.ClientConnectorError,
-        **kwargs: Any,
-    ) -> Any:
-        marks = _MARKS.get()
-        loop = asyncio.get_running_loop()
+        if self.done.done():
+            return
         try:
-            if len(addr_infos) == 1:
-                sock = await _connect_one(loop, addr_infos[0], marks)
-            else:
-                if marks is not None:
-                    marks.syn = time.perf_counter()
-                sock = await aiohappyeyeballs.start_connection(addr_infos=addr_infos, loop=loop)
-        except OSError as exc:
-            raise client_error(req.connection_key, exc) from exc
-        if marks is not None:
-            if marks.tcp is None:
-                marks.tcp = time.perf_counter()
-            marks.secure = bool(kwargs.get("ssl"))
-        return await self._wrap_existing_connection(
-            *args, req=req, timeout=timeout, client_error=client_error, sock=sock, **kwargs
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._complete()
+        except httptools.HttpParserError as exc:
+            if not self.done.done():
+                detail = str(exc) or type(exc).__name__
+                self._fail(Reason.PROTOCOL, f"invalid HTTP response: {detail}")
+
+    def eof_received(self) -> bool:
+        self._closed(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed(exc)
+
+    def _closed(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if self.headers_done and self.until_close and exc is None:
+            self._complete()
+        elif isinstance(exc, OSError) and exc.errno:
+            self._fail(Reason.RESET, f"connection error: {os.strerror(exc.errno).lower()}")
+        elif self.first_data is None:
+            self._fail(Reason.RESET, "connection closed before a response")
+        else:
+            self._fail(Reason.RESET, "connection closed mid-response")
+
+    # httptools callbacks
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200:
+            return
+        self.headers_done = True
+        headers = self.headers
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        self.until_close = (
+            not chunked and b"content-length" not in headers and self.status not in (204, 304)
         )
+        encoding = headers.get(b"content-encoding", b"").strip().lower()
+        if encoding in (b"gzip", b"x-gzip", b"deflate"):
+            # 32 + MAX_WBITS: a zlib or gzip header, detected.
+            self.decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        if self.head:
+            self._complete()
 
-    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
-        # Here, not in the response: aiohttp releases the connection of a short response
-        # before handing it over, and a kept-alive connection has no creation events.
-        marks = _MARKS.get()
-        if marks is not None:
-            marks.next_hop()
-        conn = await super().connect(req, traces, timeout)
-        if marks is not None:
-            marks.ready = time.perf_counter()
-            transport = conn.transport
-            marks.ssl_object = transport.get_extra_info("ssl_object") if transport else None
-        return conn
+    def on_body(self, body: bytes) -> None:
+        if self.done.done():
+            return
+        if self.decoder is not None:
+            room = self.limit - self.size
+            try:
+                # Inflate at most one byte past the limit: a small compressed body must not
+                # balloon in memory before it is counted.
+                body = self.decoder.decompress(body, room + 1)
+            except zlib.error as exc:
+                self._fail(Reason.PROTOCOL, f"invalid compressed body: {exc}")
+                return
+        self.size += len(body)
+        if self.size > self.limit:
+            self._fail(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({self.limit})")
+            return
+        if self.keep:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.headers_done:
+            # An interim 1xx response: the final one follows on the same connection.
+            self.headers.clear()
+            self.reason = b""
+            return
+        # Asked now: llhttp forgets it once the callback returns.
+        self.keep_alive = self.parser.should_keep_alive()
+        self._complete()
+
+    def _complete(self) -> None:
+        if self.done.done():
+            return
+        if self.decoder is not None and not self.head:
+            try:
+                tail = self.decoder.flush()
+            except zlib.error as exc:
+                self._fail(Reason.PROTOCOL, f"invalid compressed body: {exc}")
+                return
+            self.size += len(tail)
+            if self.size > self.limit:
+                self._fail(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({self.limit})")
+                return
+            if self.keep:
+                self.chunks.append(tail)
+        self.complete = True
+        self.done.set_result(None)
+
+    def _fail(self, reason: Reason, message: str) -> None:
+        self.done.set_exception(ProbeFailure(reason, message))
+        # Nobody may be waiting any more (a timeout): do not log "exception never retrieved".
+        self.done.exception()
+
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive
 
 
-async def _connect_one(
-    loop: asyncio.AbstractEventLoop, addr_info: Any, marks: _Marks | None
-) -> socket.socket:
-    """One address, the usual case: connect directly, the SYN stamped right before connect(2)."""
-    family, type_, proto, _, address = addr_info
-    sock = socket.socket(family, type_, proto)
+class _Idle:
+    """Kept-alive connections by origin and TLS settings, each lent to one probe at a time."""
+
+    def __init__(self) -> None:
+        self._conns: dict[Any, list[tuple[asyncio.Transport, Any]]] = {}
+
+    def take(self, key: Any) -> tuple[asyncio.Transport, Any] | None:
+        conns = self._conns.get(key)
+        while conns:
+            transport, ssl_object = conns.pop()
+            if not transport.is_closing():
+                return transport, ssl_object
+        return None
+
+    def put(self, key: Any, transport: asyncio.Transport, ssl_object: Any) -> None:
+        self._conns.setdefault(key, []).append((transport, ssl_object))
+
+    def close(self) -> None:
+        for conns in self._conns.values():
+            for transport, _ in conns:
+                transport.abort()
+        self._conns.clear()
+
+
+@asynccontextmanager
+async def _idle_pool() -> AsyncIterator[_Idle]:
+    pool = _Idle()
     try:
-        sock.setblocking(False)
-        if marks is not None:
-            marks.syn = time.perf_counter()
-        await loop.sock_connect(sock, address)
+        yield pool
+    finally:
+        pool.close()
+
+
+async def _resolve(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, family: int, marks: _Marks
+) -> list[Any]:
+    marks.dns_start = time.perf_counter()
+    try:
+        return await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise ProbeFailure(Reason.DNS, f"cannot resolve {host}: {why}") from None
+    finally:
+        marks.dns += time.perf_counter() - marks.dns_start
+        marks.dns_start = None
+
+
+async def _open(
+    loop: asyncio.AbstractEventLoop, p: Http, hop: _Hop, ex: _Exchange, marks: _Marks
+) -> asyncio.Transport:
+    """A connection for this hop: TCP (the SYN stamped right before connect(2)), then TLS."""
+    infos = hop.addresses or await _resolve(loop, hop.host, hop.port, p.family, marks)
+    family, _, _, _, address = infos[0]
+    try:
+        marks.syn = time.perf_counter()
+        if len(infos) == 1 and (family == socket.AF_INET or address[3] == 0):
+            # The loop creates and connects the socket itself: no Python socket object per
+            # probe (a third of the connection's CPU on uvloop).
+            transport, _ = await loop.create_connection(
+                lambda: ex, address[0], address[1], family=family
+            )
+        else:
+            sock = await aiohappyeyeballs.start_connection(addr_infos=list(infos), loop=loop)
+            family = sock.family
+            transport, _ = await loop.create_connection(lambda: ex, sock=sock)
+    except OSError as exc:
+        raise ProbeFailure(
+            Reason.CONNECT, f"cannot connect to {hop.host}:{hop.port}: {_os_reason(exc)}"
+        ) from None
+    marks.tcp = ex.connected
+    marks.handshake = _handshake_rtt(transport, family)
+    if hop.ssl is None:
+        return transport
+    marks.secure = True
+    try:
+        tls = await loop.start_tls(
+            transport, ex, hop.ssl, server_hostname=p.server_name or hop.host
+        )
+    except ssl.SSLError as exc:
+        transport.abort()
+        raise _tls_failure(exc) from None
+    except OSError as exc:
+        transport.abort()
+        raise ProbeFailure(Reason.RESET, f"connection error: {_os_reason(exc)}") from None
     except BaseException:
-        sock.close()
+        transport.abort()
         raise
-    if marks is not None:
-        marks.tcp = time.perf_counter()
-        marks.handshake = _handshake_rtt(sock)
-    return sock
+    assert tls is not None
+    return tls
 
 
 # struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, then u32 fields; tcpi_rtt is the 16th.
@@ -320,13 +479,14 @@ _TCPI_RTT_OFFSET = 8 + 15 * 4
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
 
-def _handshake_rtt(sock: socket.socket) -> float | None:
+def _handshake_rtt(transport: asyncio.BaseTransport, family: int) -> float | None:
     """SYN -> SYN-ACK as the kernel measured it (its first RTT sample, in microseconds).
 
     The loop notices the finished handshake only when it next polls; on a busy loop that is
     milliseconds later, and the wait is the exporter's, not the target's.
     """
-    if _TCP_INFO is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    sock = transport.get_extra_info("socket")
+    if _TCP_INFO is None or sock is None or family not in (socket.AF_INET, socket.AF_INET6):
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_RTT_OFFSET + 4)
@@ -339,27 +499,6 @@ def _handshake_rtt(sock: socket.socket) -> float | None:
     return rtt_us / 1e6 if rtt_us else None
 
 
-@asynccontextmanager
-async def _session(family: int, keep_alive: bool) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = _TimedConnector(
-        limit=0,
-        family=socket.AddressFamily(family),
-        force_close=not keep_alive,
-        # DNS is resolved on every probe so that its time (and failure) is measured each time.
-        use_dns_cache=False,
-        enable_cleanup_closed=False,
-    )
-    async with aiohttp.ClientSession(
-        connector=connector,
-        request_class=_TimedRequest,
-        # The scheduler's asyncio.timeout is the only deadline; aiohttp's would race it.
-        timeout=aiohttp.ClientTimeout(total=None),
-        auto_decompress=True,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    ) as session:
-        yield session
-
-
 def _os_reason(exc: OSError) -> str:
     if exc.errno:
         return os.strerror(exc.errno).lower()
@@ -368,103 +507,146 @@ def _os_reason(exc: OSError) -> str:
     return "connection refused" if "Connect call failed" in text else text
 
 
-def _classify(exc: BaseException) -> tuple[Reason, str]:
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return Reason.DNS, f"cannot resolve {exc.host}: {exc.os_error.strerror or exc.os_error}"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cert_error: Any = exc.certificate_error
-        why = getattr(cert_error, "verify_message", None) or cert_error.reason
-        return Reason.TLS, f"certificate verification failed: {why}"
-    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-        detail: Any = getattr(exc, "reason", None) or type(exc).__name__
-        return Reason.TLS, f"TLS error: {detail}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return (
-            Reason.CONNECT,
-            f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error)}",
-        )
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return Reason.PROTOCOL, "too many redirects"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return Reason.PROTOCOL, f"invalid HTTP response: {exc.message}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return Reason.RESET, f"connection closed mid-response ({type(exc).__name__})"
-    if isinstance(exc, aiohttp.ClientOSError):
-        return Reason.RESET, f"connection error: {exc.strerror or type(exc).__name__}"
-    if isinstance(exc, aiohttp.ClientError):
-        return Reason.PROTOCOL, f"HTTP client error: {type(exc).__name__}"
-    return Reason.ERROR, f"unexpected error: {type(exc).__name__}"
+def _tls_failure(exc: ssl.SSLError) -> ProbeFailure:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason
+        return ProbeFailure(Reason.TLS, f"certificate verification failed: {why}")
+    return ProbeFailure(Reason.TLS, f"TLS error: {exc.reason or type(exc).__name__}")
+
+
+_DEFAULT_SSL: list[ssl.SSLContext] = []
+
+
+def _default_ssl() -> ssl.SSLContext:
+    """The verifying context a plain http target's redirect to https uses (built on first use)."""
+    if not _DEFAULT_SSL:
+        _DEFAULT_SSL.append(client_context(TlsSettings(), Path(".")))
+    return _DEFAULT_SSL[0]
+
+
+class _Hop:
+    """Where one request goes: the URL's origin, the TLS settings and the request bytes."""
+
+    __slots__ = ("addresses", "host", "port", "request", "ssl", "url")
+
+    def __init__(
+        self, url: URL, request: bytes, ssl_ctx: ssl.SSLContext | None, addresses: Any = None
+    ) -> None:
+        self.url = url
+        self.host = url.raw_host or ""
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.request = request
+        self.ssl = ssl_ctx if url.scheme == "https" else None
+        self.addresses = addresses
+
+
+async def _exchange(
+    p: Http, hop: _Hop, ex: _Exchange, marks: _Marks, pool: _Idle | None, ctx: ProbeContext
+) -> None:
+    loop = asyncio.get_running_loop()
+    key = (hop.url.scheme, hop.host, hop.port, id(hop.ssl), p.server_name, p.family)
+    reused = pool.take(key) if pool is not None else None
+    transport: asyncio.Transport | None = None
+    try:
+        if reused is not None:
+            transport, ssl_object = reused
+            transport.set_protocol(ex)
+        else:
+            transport = await _open(loop, p, hop, ex, marks)
+            ssl_object = transport.get_extra_info("ssl_object")
+        marks.ready = time.perf_counter()
+        transport.write(hop.request)
+        marks.sent = time.perf_counter()
+        not_after = peer_cert_not_after(ssl_object)
+        if not_after is not None:
+            ctx.gauges[TLS_NOT_AFTER.name] = not_after
+        await ex.done
+    finally:
+        if transport is not None:
+            if pool is not None and ex.reusable() and not transport.is_closing():
+                pool.put(key, transport, ssl_object)
+            elif ex.complete:
+                transport.close()
+            else:
+                # A failure or timeout: drop the connection now, unread bytes and all.
+                transport.abort()
 
 
 async def run(p: Http, ctx: ProbeContext) -> None:
-    session = await ctx.resources.shared(
-        ("http", p.family, p.keep_alive), lambda: _session(p.family, p.keep_alive)
-    )
-    headers = dict(p.headers)
-    if p.auth_header is not None:
-        headers["Authorization"] = p.auth_header.get_secret_value()
-    if not p.keep_alive:
-        headers["Connection"] = "close"
+    pool = await ctx.resources.shared(("http-idle",), _idle_pool) if p.keep_alive else None
     marks = _Marks()
-    token = _MARKS.set(marks)
-    headers_at: float | None = None
-    done = False
-    redirected = False
+    hop = _Hop(p.url, p.request, p.ssl, p.addresses)
+    method = p.method
+    auth = p.auth_header
+    hops = 0
+    loop = asyncio.get_running_loop()
+    keep_body = bool(p.must_match or p.must_not_match)
+    ex = _Exchange(loop, method == "HEAD", p.max_body_bytes, keep_body)
+    ctx.log(p.summary)
     try:
-        ctx.log(p.summary)
-        async with session.request(
-            p.method,
-            p.url,
-            headers=headers,
-            data=p.body,
-            ssl=p.ssl,
-            server_hostname=p.server_name,
-            allow_redirects=p.follow_redirects,
-            max_redirects=10,
-        ) as resp:
-            headers_at = time.perf_counter()
-            redirected = bool(resp.history)
-            ctx.status_code = resp.status
-            ctx.log(f"response {resp.status} {resp.reason or ''}".rstrip())
-            not_after = peer_cert_not_after(marks.ssl_object)
-            if not_after is not None:
-                ctx.gauges[TLS_NOT_AFTER.name] = not_after
-            body = await _read_bounded(resp, p.max_body_bytes)
-            done = True
-    except ProbeFailure:
-        raise
-    except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-        reason, message = _classify(exc)
-        raise ProbeFailure(reason, message) from None
+        while True:
+            await _exchange(p, hop, ex, marks, pool, ctx)
+            location = ex.headers.get(b"location")
+            if not (p.follow_redirects and ex.status in _REDIRECTS and location):
+                break
+            if hops == _MAX_REDIRECTS:
+                raise ProbeFailure(Reason.PROTOCOL, f"too many redirects ({_MAX_REDIRECTS})")
+            hops += 1
+            ctx.log(f"response {ex.status}, redirected to {_safe_location(location)}")
+            url = _redirect_url(hop.url, location)
+            see_other = ex.status == 303 and method != "HEAD"
+            if see_other or (ex.status in (301, 302) and method == "POST"):
+                method, body = "GET", None
+            else:
+                body = p.body
+            if url.origin() != hop.url.origin():
+                # Credentials stay with the origin they were configured for.
+                auth = None
+            ssl_ctx = p.ssl if p.ssl is not None else _default_ssl()
+            request = _request(method, url, p.headers, auth, body, p.keep_alive)
+            hop = _Hop(url, request, ssl_ctx)
+            marks.next_hop()
+            ex = _Exchange(loop, method == "HEAD", p.max_body_bytes, keep_body)
     finally:
-        _MARKS.reset(token)
-        _record_phases(ctx, marks, headers_at, done and not redirected)
+        if ex.headers_done:
+            ctx.status_code = ex.status
+        _record_phases(ctx, marks, ex, whole=hops == 0)
+    ctx.log(f"response {ex.status} {ex.reason.decode('latin-1')}".rstrip())
     if p.valid_status:
-        if resp.status not in p.valid_status:
+        if ex.status not in p.valid_status:
             allowed = ", ".join(str(c) for c in sorted(p.valid_status))
-            raise ProbeFailure(Reason.HTTP_STATUS, f"status {resp.status} not in [{allowed}]")
-    elif not 200 <= resp.status < 300:
-        raise ProbeFailure(Reason.HTTP_STATUS, f"status {resp.status} is not 2xx")
-    for pattern in p.must_match:
-        if pattern.search(body) is None:
-            raise ProbeFailure(Reason.BODY, f"body does not match {pattern.pattern.decode()!r}")
-    for pattern in p.must_not_match:
-        if pattern.search(body) is not None:
-            raise ProbeFailure(Reason.BODY, f"body matches {pattern.pattern.decode()!r}")
+            raise ProbeFailure(Reason.HTTP_STATUS, f"status {ex.status} not in [{allowed}]")
+    elif not 200 <= ex.status < 300:
+        raise ProbeFailure(Reason.HTTP_STATUS, f"status {ex.status} is not 2xx")
+    if p.must_match or p.must_not_match:
+        body = b"".join(ex.chunks)
+        for pattern in p.must_match:
+            if pattern.search(body) is None:
+                raise ProbeFailure(Reason.BODY, f"body does not match {pattern.pattern.decode()!r}")
+        for pattern in p.must_not_match:
+            if pattern.search(body) is not None:
+                raise ProbeFailure(Reason.BODY, f"body matches {pattern.pattern.decode()!r}")
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise ProbeFailure(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({limit})")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _redirect_url(base: URL, location: bytes) -> URL:
+    try:
+        url = base.join(URL(location.decode("latin-1")))
+    except (ValueError, UnicodeError):
+        raise ProbeFailure(Reason.PROTOCOL, "redirect to an invalid Location") from None
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise ProbeFailure(Reason.PROTOCOL, f"redirect to a non-HTTP URL ({url.scheme}:)")
+    return url
 
 
-def _record_phases(ctx: ProbeContext, m: _Marks, headers_at: float | None, whole: bool) -> None:
+def _safe_location(location: bytes) -> str:
+    # The query may carry tokens: the debug line shows where, not what.
+    try:
+        return str(URL(location.decode("latin-1")).with_query(None).with_fragment(None))
+    except (ValueError, UnicodeError):
+        return "(invalid)"
+
+
+def _record_phases(ctx: ProbeContext, m: _Marks, ex: _Exchange, whole: bool) -> None:
     """Phases that do not overlap; one cut short by a failure or timeout ends now.
 
     When the response was read in full from one hop, the phases are stamped at the socket events
@@ -477,29 +659,24 @@ def _record_phases(ctx: ProbeContext, m: _Marks, headers_at: float | None, whole
     total = 0.0
     if m.dns:
         ctx.phases["dns"] = total = m.dns
-    # No connect phase when the connection was reused or the lookup never finished.
-    if m.created is not None and m.dns_start is None:
-        connect_from = m.syn if m.syn is not None else m.created
-        connect = (m.tcp if m.tcp is not None else end) - connect_from
+    if m.syn is not None:
+        connect = (m.tcp if m.tcp is not None else end) - m.syn
         if m.handshake is not None:
             connect = min(connect, m.handshake)
         total += _phase(ctx, "connect", connect)
         if m.tcp is not None and m.secure:
             total += _phase(ctx, "tls", (m.ready if m.ready is not None else end) - m.tcp)
-    if m.ready is None:
+    if m.sent is None:
         return
-    proto = m.protocol
-    first = proto.first_data if proto is not None else None
-    if m.sent is not None and first is not None and proto is not None:
-        last = proto.last_data if whole and proto.last_data is not None else end
-        total += _phase(ctx, "first_byte", first - m.sent)
-        total += _phase(ctx, "transfer", last - first)
-        if whole:
-            ctx.duration = total
+    first = ex.first_data
+    if first is None:
+        ctx.phases["first_byte"] = end - m.sent
         return
-    ctx.phases["first_byte"] = (headers_at if headers_at is not None else end) - m.ready
-    if headers_at is not None:
-        ctx.phases["transfer"] = end - headers_at
+    last = ex.last_data if ex.complete and ex.last_data is not None else end
+    total += _phase(ctx, "first_byte", first - m.sent)
+    total += _phase(ctx, "transfer", last - first)
+    if whole and ex.complete:
+        ctx.duration = total
 
 
 def _phase(ctx: ProbeContext, name: str, value: float) -> float:
