@@ -313,3 +313,38 @@ def test_tcp_tls_config_without_tls_is_an_error(tmp_path: Path) -> None:
     assert errors(tmp_path, text) == [
         "c.yml:14: services[0].targets[1].probe: tls_config is set but tls is false; add tls: true"
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        BASE,
+        BASE + "      - {name: x, region: eu, image: slim, probe: {kind: tcp, address: 'h:1'},"
+        " timeout: 0x10, interval: !!str 5s, extra: [1, {a: 2024-01-02}], extra: ~}\n",
+        BASE.replace("vantage: eu", "vantage: [" * 70 + "]" * 70),
+        BASE.replace("vantage: eu", "vantage: 2024-13-45"),
+        BASE + "      - {name: y, region: eu, image: slim, probe: {kind: http, url: 'h'}\n",
+        BASE + "---\nvantage: us\n",
+        BASE + "? [a, b]\n: 1\n",
+    ],
+    ids=["valid", "tags-and-duplicates", "too-deep", "bad-value", "syntax", "two-docs", "complex"],
+)
+def test_event_reader_and_node_tree_agree(text: str) -> None:
+    """Plain documents are read event by event, documents with anchors through the node tree:
+    the same data, lines, issues and errors either way (an unused anchor takes the other path)."""
+
+    def read(text: str) -> object:
+        try:
+            src = config.read_yaml(text, "c.yml")
+        except ConfigError as exc:
+            return str(exc)
+        return (src.data, src.lines, src.issues)
+
+    anchored = text.replace("vantage: ", "vantage: &unused ", 1)
+    plain, tree = read(text), read(anchored)
+    if isinstance(plain, tuple) and isinstance(tree, tuple):
+        assert plain[0] == tree[0]
+        assert plain[1] == tree[1]
+        assert plain[2] == tree[2]
+    else:
+        assert plain == tree
