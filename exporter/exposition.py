@@ -18,8 +18,8 @@ from exporter.metrics import MetricSpec, Type
 from exporter.state import TargetState, label_text
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# A chunk ends after STEP seconds of rendering or LINES lines, whichever comes first. The time
-# bounds the event-loop stall a scrape causes on a slow or busy core (probes run on the same
+# A chunk ends after STEP seconds of rendering or about LINES lines, whichever comes first. The
+# time bounds the event-loop stall a scrape causes on a slow or busy core (probes run on the same
 # loop); the line count bounds a chunk's memory (about 150 bytes a line) on a fast one.
 STEP = 0.004
 LINES = 4096
@@ -60,115 +60,87 @@ def fmt(value: float) -> str:
     return repr(value)
 
 
-def _literal(text: str) -> str:
-    """Text for a %-template: names, label values and HELP from the catalogue and probes."""
-    return text.replace("%", "%%")
-
-
 def _header(spec: MetricSpec) -> str:
     return f"# HELP {spec.name} {spec.help}\n# TYPE {spec.name} {spec.type.value}\n"
 
 
-# One %-template per shape (family name plus its buckets, reasons or phases), built once: a
-# target's whole histogram is then one `%` with its labels and counts, no per-line calls. The
-# shapes are few (a kind's reasons and phases), unlike targets, so nothing here grows per target.
-_TEMPLATES: dict[tuple[object, ...], str] = {}
-_MAX_TEMPLATES = 256
+_LE_CACHE: dict[tuple[float, ...], list[str]] = {}
 
 
-def _cached(key: tuple[object, ...], build: Callable[[], str]) -> str:
-    if len(_TEMPLATES) >= _MAX_TEMPLATES:
-        _TEMPLATES.clear()
-    tmpl = _TEMPLATES[key] = build()
-    return tmpl
+def _le_labels(buckets: tuple[float, ...]) -> list[str]:
+    les = _LE_CACHE.get(buckets)
+    if les is None:
+        les = _LE_CACHE[buckets] = [f'le="{fmt(b)}"' for b in (*buckets, math.inf)]
+    return les
 
 
-def _histogram_template(name: str, buckets: tuple[float, ...]) -> str:
-    tmpl = _TEMPLATES.get((name, buckets))
-    if tmpl is not None:
-        return tmpl
-    n = _literal(name)
-    les = "".join(f'{n}_bucket{{%s,le="{fmt(b)}"}} %d\n' for b in (*buckets, math.inf))
-    return _cached((name, buckets), lambda: f"{les}{n}_sum{{%s}} %s\n{n}_count{{%s}} %d\n")
-
-
-def _keyed_template(name: str, label: str, keys: tuple[str, ...], value: str) -> str:
-    tmpl = _TEMPLATES.get((name, keys))
-    if tmpl is not None:
-        return tmpl
-    n = _literal(name)
-    return _cached(
-        (name, keys),
-        lambda: "".join(f'{n}{{%s,{label}="{_literal(k)}"}} {value}\n' for k in keys),
-    )
-
-
-# A renderer appends the lines of one family for some targets to `out` and returns how many.
+# A renderer appends the lines of one family for some targets to `out` (one string a line, or a
+# few lines in one) and returns how many strings it added. One f-string a line: measured in the
+# chunked flow (bench/render.py), a %-template filled once per target's histogram or reason set
+# was no faster: the cost is building ~150 bytes a line, whatever builds them.
 Renderer = Callable[[list[str], Sequence[TargetState]], int]
 
 
 def _histogram(name: str) -> Renderer:
+    bucket, total, count = f"{name}_bucket{{", f"{name}_sum{{", f"{name}_count{{"
+
     def render(out: list[str], states: Sequence[TargetState]) -> int:
-        lines = 0
+        start = len(out)
         for st in states:
             hist = st.histograms.get(name)
             if hist is None:
                 continue
-            tmpl = _histogram_template(name, hist.buckets)
-            labels, nb = st.labels, len(hist.counts)
-            # labels, count, labels, count, ..., labels, sum, labels, count
-            args: list[object] = [labels] * (2 * nb + 4)
-            args[1 : 2 * nb : 2] = _accumulate(hist.counts)
-            args[-3] = fmt(hist.sum)
-            args[-1] = hist.count
-            out.append(tmpl % tuple(args))
-            lines += nb + 2
-        return lines
+            labels = st.labels
+            les = _le_labels(hist.buckets)
+            out += [
+                f"{bucket}{labels},{le}}} {n}\n"
+                for le, n in zip(les, _accumulate(hist.counts), strict=True)
+            ]
+            out.append(f"{total}{labels}}} {fmt(hist.sum)}\n{count}{labels}}} {hist.count}\n")
+        return len(out) - start
 
     return render
 
 
 def _probes(name: str) -> Renderer:
-    tmpl = _literal(name) + "{%s} %d\n"
-
     def render(out: list[str], states: Sequence[TargetState]) -> int:
-        out.extend([tmpl % (st.labels, st.probes) for st in states])
+        out += [f"{name}{{{st.labels}}} {st.probes}\n" for st in states]
         return len(states)
 
     return render
 
 
-def _keyed(
-    name: str, label: str, attr: str, value: str, convert: Callable[..., str] | None
-) -> Renderer:
-    """A family with one extra label whose values are a dict's keys (failure reasons, phases)."""
-
+def _failures(name: str) -> Renderer:
     def render(out: list[str], states: Sequence[TargetState]) -> int:
-        lines = 0
+        start = len(out)
         for st in states:
-            values: dict[str, object] = getattr(st, attr)
-            if not values:
-                continue
-            keys = tuple(values)
-            tmpl = _keyed_template(name, label, keys, value)
-            args: list[object] = [st.labels] * (2 * len(keys))
-            args[1::2] = values.values() if convert is None else map(convert, values.values())
-            out.append(tmpl % tuple(args))
-            lines += len(keys)
-        return lines
+            labels = st.labels
+            out += [f'{name}{{{labels},reason="{r}"}} {n}\n' for r, n in st.failures.items()]
+        return len(out) - start
+
+    return render
+
+
+def _phases(name: str) -> Renderer:
+    def render(out: list[str], states: Sequence[TargetState]) -> int:
+        start = len(out)
+        for st in states:
+            labels = st.labels
+            out += [f'{name}{{{labels},phase="{p}"}} {fmt(v)}\n' for p, v in st.phases.items()]
+        return len(out) - start
 
     return render
 
 
 def _gauge(name: str) -> Renderer:
-    tmpl = _literal(name) + "{%s} %s\n"
-
     def render(out: list[str], states: Sequence[TargetState]) -> int:
-        lines = [
-            tmpl % (st.labels, fmt(v)) for st in states if (v := st.gauges.get(name)) is not None
+        start = len(out)
+        out += [
+            f"{name}{{{st.labels}}} {fmt(v)}\n"
+            for st in states
+            if (v := st.gauges.get(name)) is not None
         ]
-        out.extend(lines)
-        return len(lines)
+        return len(out) - start
 
     return render
 
@@ -179,9 +151,9 @@ def _renderer(spec: MetricSpec) -> Renderer:
     if spec is metrics.PROBES:
         return _probes(spec.name)
     if spec is metrics.PROBE_FAILURES:
-        return _keyed(spec.name, "reason", "failures", "%d", None)
+        return _failures(spec.name)
     if spec is metrics.PROBE_PHASE:
-        return _keyed(spec.name, "phase", "phases", "%s", fmt)
+        return _phases(spec.name)
     return _gauge(spec.name)
 
 
