@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import errno
 import os
 import re
 import socket
@@ -267,7 +268,9 @@ class _Exchange(asyncio.Protocol):
         self.connected = time.perf_counter()
 
     def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+        self.received(data, time.perf_counter())
+
+    def received(self, data: bytes, now: float) -> None:
         if self.first_data is None:
             self.first_data = now
         self.last_data = now
@@ -452,7 +455,7 @@ async def _open(
             Reason.CONNECT, f"cannot connect to {hop.host}:{hop.port}: {_os_reason(exc)}"
         ) from None
     marks.tcp = ex.connected
-    marks.handshake = _handshake_rtt(transport, family)
+    marks.handshake = _handshake_rtt(transport.get_extra_info("socket"), family)
     if hop.ssl is None:
         return transport
     marks.secure = True
@@ -479,13 +482,12 @@ _TCPI_RTT_OFFSET = 8 + 15 * 4
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
 
-def _handshake_rtt(transport: asyncio.BaseTransport, family: int) -> float | None:
+def _handshake_rtt(sock: Any, family: int) -> float | None:
     """SYN -> SYN-ACK as the kernel measured it (its first RTT sample, in microseconds).
 
     The loop notices the finished handshake only when it next polls; on a busy loop that is
     milliseconds later, and the wait is the exporter's, not the target's.
     """
-    sock = transport.get_extra_info("socket")
     if _TCP_INFO is None or sock is None or family not in (socket.AF_INET, socket.AF_INET6):
         return None
     try:
@@ -540,10 +542,132 @@ class _Hop:
         self.addresses = addresses
 
 
+# Linux's SO_TIMESTAMPNS (the socket module lacks the name): each read comes with the kernel's
+# receive time of its data, struct timespec on 64-bit.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("=qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+async def _plain_exchange(
+    loop: asyncio.AbstractEventLoop, p: Http, hop: _Hop, ex: _Exchange, marks: _Marks
+) -> None:
+    """A plain http exchange on a bare non-blocking socket, read with the kernel's receive times.
+
+    The response's first and last bytes are stamped when they reached the host, not when a busy
+    loop got round to reading them: the exporter's own load stays out of the target's latency.
+    """
+    infos = hop.addresses or await _resolve(loop, hop.host, hop.port, p.family, marks)
+    sock = await _raw_connect(loop, infos, hop, marks)
+    fd = sock.fileno()
+    try:
+        marks.ready = time.perf_counter()
+        # Kernel times are wall-clock; this maps them onto perf_counter's timeline.
+        offset = time.time() - marks.ready
+        try:
+            await _send_all(loop, sock, hop.request)
+        except OSError as exc:
+            raise ProbeFailure(Reason.RESET, f"connection error: {_os_reason(exc)}") from None
+        marks.sent = time.perf_counter()
+        loop.add_reader(fd, _read_ready, sock, ex, offset, marks.sent)
+        try:
+            await ex.done
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        sock.close()
+
+
+async def _raw_connect(
+    loop: asyncio.AbstractEventLoop, infos: Any, hop: _Hop, marks: _Marks
+) -> socket.socket:
+    where = f"{hop.host}:{hop.port}"
+    if len(infos) > 1:
+        marks.syn = time.perf_counter()
+        try:
+            sock = await aiohappyeyeballs.start_connection(addr_infos=list(infos), loop=loop)
+        except OSError as exc:
+            reason = _os_reason(exc)
+            raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}") from None
+        marks.tcp = time.perf_counter()
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        marks.handshake = _handshake_rtt(sock, sock.family)
+        return sock
+    family, _, proto, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        marks.syn = time.perf_counter()
+        err = sock.connect_ex(address)
+        if err == errno.EINPROGRESS:
+            await _wait_writable(loop, sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            reason = os.strerror(err).lower()
+            raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}")
+    except BaseException:
+        sock.close()
+        raise
+    marks.tcp = time.perf_counter()
+    marks.handshake = _handshake_rtt(sock, family)
+    return sock
+
+
+async def _wait_writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    waiter: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        loop.remove_writer(fd)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _send_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except (BlockingIOError, InterruptedError):
+            await _wait_writable(loop, sock)
+
+
+def _read_ready(sock: socket.socket, ex: _Exchange, offset: float, sent: float) -> None:
+    while not ex.done.done():
+        try:
+            data, ancillary, _, _ = sock.recvmsg(65536, _CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            ex.connection_lost(exc)
+            return
+        if not data:
+            ex.eof_received()
+            return
+        at = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(value)
+                at = sec + nsec * 1e-9 - offset
+        now = time.perf_counter()
+        # Without a kernel time (or with a clock step in between), the read's own time; data a
+        # server sent before reading the request counts from the request.
+        ex.received(data, now if at is None or at > now else max(at, sent))
+
+
 async def _exchange(
     p: Http, hop: _Hop, ex: _Exchange, marks: _Marks, pool: _Idle | None, ctx: ProbeContext
 ) -> None:
     loop = asyncio.get_running_loop()
+    if pool is None and hop.ssl is None:
+        await _plain_exchange(loop, p, hop, ex, marks)
+        return
     key = (hop.url.scheme, hop.host, hop.port, id(hop.ssl), p.server_name, p.family)
     reused = pool.take(key) if pool is not None else None
     transport: asyncio.Transport | None = None
