@@ -7,6 +7,7 @@ them are reported together.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from exporter import schema
 from exporter.docker_images import DockerSettings, RunSettings
@@ -217,6 +218,9 @@ class Source:
         self.lines: dict[Loc, int] = {}
         self.issues: list[ConfigIssue] = []
         self._values = 0
+        # One object per distinct string: the runtime objects keep many equal ones (region,
+        # image and kind names in every target).
+        self._strings: dict[str, str] = {}
         if _is_plain(text):
             loader = _LOADER(text)
             try:
@@ -268,7 +272,7 @@ class Source:
                 key_event = loader.get_event()
                 if not isinstance(key_event, yaml.ScalarEvent):
                     raise _NeedsNodes  # a complex key: `? [a, b]`
-                key = _scalar(loader, key_event)
+                key = self._share(_scalar(loader, key_event))
                 if not isinstance(key, str | int | float | bool):
                     key = str(key)
                 mark: Any = key_event.start_mark
@@ -288,7 +292,12 @@ class Source:
                 items.append(self._next(loader, (*loc, len(items))))
             loader.get_event()
             return items
-        return _scalar(loader, event)
+        return self._share(_scalar(loader, event))
+
+    def _share(self, value: Any) -> Any:
+        if type(value) is str:
+            return self._strings.setdefault(value, value)
+        return value
 
     def _convert(self, loader: Any, node: yaml.Node, loc: Loc) -> Any:
         self._values += 1
@@ -301,7 +310,7 @@ class Source:
             loader.flatten_mapping(node)
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = _construct(loader, key_node)
+                key = self._share(_construct(loader, key_node))
                 if not isinstance(key, str | int | float | bool):
                     key = str(key)
                 if key in out:
@@ -319,7 +328,7 @@ class Source:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._convert(loader, item, (*loc, i)) for i, item in enumerate(node.value)]
-        return _construct(loader, node)
+        return self._share(_construct(loader, node))
 
     def issue(self, loc: Loc, message: str) -> ConfigIssue:
         line = None
@@ -536,8 +545,70 @@ def parse(text: str, file: str, base_dir: Path | None = None) -> Config:
     return _build(root, src, base_dir or Path(file).parent, text)
 
 
+def _strict_key(value: Any) -> Any:
+    """A key under which only values of the same types compare equal, or None for values that
+    are not shared (mutable ones, and floats: 0.0 == -0.0)."""
+    kind = type(value)
+    if kind is str or kind is bytes or kind is int or kind is bool or value is None:
+        return (kind, value)
+    if isinstance(value, enum.Enum):
+        return (kind, value)
+    if kind is tuple:
+        parts = []
+        for item in value:
+            key = _strict_key(item)
+            if key is None:
+                return None
+            parts.append(key)
+        return (kind, tuple(parts))
+    return None
+
+
+class _Sharing:
+    """Keeps one object per distinct immutable value among the runtime objects of a load.
+
+    Every target's settings and prepared probe hold values that are equal across targets (the
+    default request headers, the addresses of the same IP literal, the same method and kind,
+    the set of fields given); about 1 KB per target at 10,000 targets. The objects are frozen,
+    so sharing equal immutable values changes nothing they do.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[Any, Any] = {}
+
+    def value(self, value: Any) -> Any:
+        key = _strict_key(value)
+        return value if key is None else self._memo.setdefault(key, value)
+
+    def fields(self, obj: Any) -> None:
+        """Share the immutable field values of a frozen dataclass instance."""
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            return
+        for field in dataclasses.fields(obj):
+            old = getattr(obj, field.name)
+            new = self.value(old)
+            if new is not old:
+                object.__setattr__(obj, field.name, new)
+
+    def model(self, model: BaseModel) -> None:
+        """Share the immutable field values of a frozen pydantic model, nested ones too."""
+        values = model.__dict__
+        for name, old in list(values.items()):
+            if isinstance(old, BaseModel):
+                self.model(old)
+                continue
+            new = self.value(old)
+            if new is not old:
+                values[name] = new
+        given = model.__pydantic_fields_set__
+        shared = self._memo.setdefault(("fields set", frozenset(given)), given)
+        if shared is not given:
+            object.__setattr__(model, "__pydantic_fields_set__", shared)
+
+
 def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
     issues: list[ConfigIssue] = []
+    sharing = _Sharing()
     targets: list[Target] = []
     regions: list[Region] = []
     images: list[Image] = []
@@ -563,20 +634,22 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
         except ValueError as exc:
             issues.append(src.issue((*loc, "probe"), str(exc)))
             return
-        targets.append(
-            Target(
-                vantage=root.vantage,
-                name=t.name,
-                kind=kind.name,
-                settings=t.probe,
-                prepared=prepared,
-                interval=t.interval or d.interval,
-                timeout=t.timeout or d.timeout,
-                bound=binding if bind is not None else None,
-                secrets=secrets.digest(),
-                **labels,
-            )
+        sharing.model(t.probe)
+        sharing.fields(prepared)
+        target = Target(
+            vantage=root.vantage,
+            name=t.name,
+            kind=kind.name,
+            settings=t.probe,
+            prepared=prepared,
+            interval=t.interval or d.interval,
+            timeout=t.timeout or d.timeout,
+            bound=binding if bind is not None else None,
+            secrets=secrets.digest(),
+            **labels,
         )
+        sharing.fields(target)
+        targets.append(target)
 
     for i, c in enumerate(root.control):
         make(("control", i), c, service="", region="", role=Role.CONTROL.value, image="")

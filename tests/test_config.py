@@ -348,3 +348,22 @@ def test_event_reader_and_node_tree_agree(text: str) -> None:
         assert plain[2] == tree[2]
     else:
         assert plain == tree
+
+
+def test_equal_immutable_values_are_shared_across_targets(tmp_path: Path) -> None:
+    """Per-target runtime objects keep one copy of what is equal across targets."""
+    text = BASE + "".join(
+        f"      - {{name: n{i}, region: eu, image: slim, "
+        f"probe: {{kind: http, url: 'http://127.0.0.1:{i + 1}/x'}}}}\n"
+        for i in range(2)
+    )
+    (tmp_path / "c.yml").write_text(text)
+    _, a, b = config.load(tmp_path / "c.yml").targets
+    assert a.region is b.region
+    assert a.settings.kind is b.settings.kind
+    assert a.settings.model_fields_set is b.settings.model_fields_set
+    assert a.prepared.headers is b.prepared.headers
+    assert a.prepared.url != b.prepared.url
+    assert a.prepared.request != b.prepared.request
+    # What a reload compares is unchanged: the same file loads to equal targets.
+    assert config.load(tmp_path / "c.yml").targets[1:] == (a, b)
