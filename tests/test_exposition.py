@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -308,3 +309,31 @@ def test_status_code_drops_to_zero_when_no_response_arrives(tmp_path: Path) -> N
     assert st.gauges[metrics.HTTP_STATUS.name] == 200
     st.record(fixed_result(target, 1, success=False))
     assert st.gauges[metrics.HTTP_STATUS.name] == 0
+
+
+def test_sample_values_are_written_like_prometheus_reads_them() -> None:
+    """Whole values without a fraction, the rest as Python's shortest round-trip repr; the
+    lookup of whole values (a cache) must not change any of that."""
+    cases: list[tuple[float, str]] = [
+        (0, "0"),
+        (0.0, "0"),
+        (-0.0, "0"),
+        (1.0, "1"),
+        (True, "1"),
+        (200.0, "200"),
+        (-3.0, "-3"),
+        (999_999_999_999_999.0, "999999999999999"),
+        (1e15, "1000000000000000.0"),
+        (1e16, "1e+16"),
+        (10**20, "100000000000000000000"),
+        (0.0005, "0.0005"),
+        (1_700_000_100.25, "1700000100.25"),
+        (math.inf, "+Inf"),
+        (-math.inf, "-Inf"),
+        (math.nan, "NaN"),
+    ]
+    for _ in range(2):  # the second round reads whole values from the cache
+        for value, text in cases:
+            assert exposition.fmt(value) == text, value
+    for value, text in cases:
+        assert float(text.replace("Inf", "inf")) == value or math.isnan(value)
