@@ -33,6 +33,7 @@ from tests.probes.conftest import (
     run_delay,
     url,
 )
+from tests.test_config import BASE, errors
 
 PASSWORD = "pa55-W0rd!-never-in-text"
 TOKEN = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
@@ -92,8 +93,20 @@ def app_for(seen: Seen) -> web.Application:
             return web.Response(status=401, text="who are you?")
         return web.Response(text="welcome")
 
+    async def gzipped(request: web.Request) -> web.Response:
+        await record(request)
+        resp = web.Response(text="status: healthy\n" + "padding " * 2000)
+        resp.enable_compression(web.ContentCoding.gzip)
+        return resp
+
+    async def see_other(request: web.Request) -> web.Response:
+        await record(request)
+        raise web.HTTPSeeOther("/ok")
+
     app = web.Application()
     app.router.add_route("*", "/ok", ok)
+    app.router.add_get("/gzip", gzipped)
+    app.router.add_post("/see-other", see_other)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/loop", loop)
@@ -232,6 +245,54 @@ async def test_post_with_body_and_headers(run_probe: RunProbe, server: tuple[See
     assert request["headers"]["Content-Type"] == "application/json"
     assert request["headers"]["X-Probe"] == "failover"
     assert request["headers"]["Host"] == "svc"
+
+
+async def test_compressed_body_is_matched_inflated(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    seen, base = server
+    probe = {"kind": "http", "url": f"{base}/gzip", "body_must_match": ["status: healthy"]}
+    result = await run_probe(probe)
+    assert result.success, result.message
+    assert "gzip" in seen.requests[0]["headers"]["Accept-Encoding"]
+    # The inflated body counts against the limit, not the ~100 bytes on the wire.
+    result = await run_probe({**probe, "max_body_bytes": 1000})
+    assert result.reason == "body_too_large", result.message
+
+
+async def test_see_other_after_post_continues_as_get(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    seen, base = server
+    result = await run_probe(
+        {"kind": "http", "url": f"{base}/see-other", "method": "POST", "body": "x"}
+    )
+    assert result.success, result.message
+    assert [(r["method"], r["path"], r["body"]) for r in seen.requests] == [
+        ("POST", "/see-other", b"x"),
+        ("GET", "/ok", b""),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("payload", "ok"),
+    [
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nread until close", True),
+        (b"HTTP/1.0 204 No Content\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope", False),
+    ],
+    ids=["interim-100", "until-close", "no-content", "short-body", "unfinished-chunks", "bad-gzip"],
+)
+async def test_response_framing(run_probe: RunProbe, payload: bytes, ok: bool) -> None:
+    async with hostile.garbage(payload=payload) as (host, port):
+        result = await run_probe({"kind": "http", "url": url("http", host, port)})
+    if ok:
+        assert result.success, result.message
+    else:
+        assert result.reason in ("reset", "protocol"), result.message
 
 
 # -- authentication and secrets -----------------------------------------------------------------
@@ -768,3 +829,29 @@ async def test_hostile_targets_do_not_delay_others(
     bound = next((b for b in DELAY_BUCKETS if b >= 0.05 + starved), float("inf"))
     on_time = sample("_bucket", le=floatToGoString(bound))
     assert on_time == started, f"{started - on_time} probes started over {bound}s late"
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        (
+            '{"X-Bad": "a\\r\\nInjected: yes"}',
+            "header 'X-Bad': value must not contain CR, LF or NUL",
+        ),
+        ('{"Bad Name": "x"}', "'Bad Name' is not a valid header name"),
+        (
+            '{"Content-Length": "5"}',
+            "header 'Content-Length' is set by the probe (keep_alive, body)",
+        ),
+    ],
+    ids=["crlf-value", "bad-name", "framing"],
+)
+def test_bad_headers_are_config_errors(tmp_path: Path, headers: str, message: str) -> None:
+    text = BASE.replace(
+        'probe: {kind: http, url: "http://127.0.0.1:1/healthz"}',
+        f'probe: {{kind: http, url: "http://127.0.0.1:1/healthz", headers: {headers}}}',
+    )
+    assert errors(tmp_path, text) == [f"c.yml:13: services[0].targets[0].probe.headers: {message}"]

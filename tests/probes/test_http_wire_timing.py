@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import socketserver
+import threading
+import time
 
-from tests.probes.conftest import RunProbe
+from exporter.scheduler import Scheduler
+from tests.probes.conftest import MakeTarget, RunProbe
 from tests.probes.test_http import Seen, server
 
 __all__ = ["server"]  # a fixture, re-exported for the tests below
@@ -55,3 +60,34 @@ async def test_failed_probe_keeps_the_wall_clock(
     assert not result.success
     assert result.reason == "http_status"
     assert result.duration >= sum(result.phases.values())
+
+
+class _DelayedAnswer(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(65536)
+        time.sleep(0.05)
+        self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+async def test_a_stalled_loop_is_not_the_targets_latency(
+    make_target: MakeTarget, scheduler: Scheduler
+) -> None:
+    """The answer lands while the event loop is blocked: a plain http probe reads the kernel's
+    receive time of the bytes, so the stall is not counted as the target's latency. (The server
+    runs in a thread: one on the blocked loop could not answer either.)"""
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _DelayedAnswer) as srv:
+        thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            host, port = srv.server_address[:2]
+            target = make_target({"kind": "http", "url": f"http://{host}:{port}/"})
+            probe = asyncio.create_task(scheduler.probe(target))
+            await asyncio.sleep(0.02)  # connected, request written; the answer is due at ~50 ms
+            time.sleep(0.3)  # a stalled exporter: the answer arrives meanwhile
+            result = await probe
+        finally:
+            srv.shutdown()
+            thread.join(5)
+    assert result.success, result.message
+    assert 0.05 <= result.duration < 0.2, result.phases
+    assert result.phases["first_byte"] < 0.2, result.phases
