@@ -65,20 +65,35 @@ def _header(spec: MetricSpec) -> str:
     return f"# HELP {spec.name} {spec.help}\n# TYPE {spec.name} {spec.type.value}\n"
 
 
-_LE_CACHE: dict[tuple[float, ...], list[str]] = {}
+# One function per bucket layout that writes a target's bucket lines as a single f-string: one
+# string for the ~18 lines instead of one each, 15-20 % less CPU for a histogram family than a
+# line at a time (bench/render.py). Made from source, like namedtuple's methods; the only text
+# put into the source is the `le` values, checked to be number text.
+_BLOCKS: dict[tuple[float, ...], Callable[..., str]] = {}
+_NUMBER_TEXT = frozenset("0123456789.e+-InfNa")
 
 
-def _le_labels(buckets: tuple[float, ...]) -> list[str]:
-    les = _LE_CACHE.get(buckets)
-    if les is None:
-        les = _LE_CACHE[buckets] = [f'le="{fmt(b)}"' for b in (*buckets, math.inf)]
-    return les
+def _bucket_block(buckets: tuple[float, ...]) -> Callable[..., str]:
+    block = _BLOCKS.get(buckets)
+    if block is None:
+        les = [fmt(b) for b in (*buckets, math.inf)]
+        if not all(set(le) <= _NUMBER_TEXT for le in les):
+            raise ValueError(f"bucket bounds {buckets!r}")
+        counts = [f"c{i}" for i in range(len(les))]
+        lines = "".join(
+            f'{{prefix}}{{labels}},le="{le}"}}}} {{{c}}}\\n'
+            for le, c in zip(les, counts, strict=True)
+        )
+        source = f'def block(prefix, labels, {", ".join(counts)}):\n    return f"""{lines}"""\n'
+        namespace: dict[str, Callable[..., str]] = {}
+        exec(source, namespace)  # noqa: S102 (source from checked number text only)
+        block = _BLOCKS[buckets] = namespace["block"]
+    return block
 
 
-# A renderer appends the lines of one family for some targets to `out` (one string a line, or a
-# few lines in one) and returns how many strings it added. One f-string a line: measured in the
-# chunked flow (bench/render.py), a %-template filled once per target's histogram or reason set
-# was no faster: the cost is building ~150 bytes a line, whatever builds them.
+# A renderer appends the lines of one family for some targets to `out` and returns how many
+# lines it added. Lines are f-strings: measured in the chunked flow (bench/render.py), a
+# %-template filled once per target's histogram or reason set was no faster.
 Renderer = Callable[[list[str], Sequence[TargetState]], int]
 
 
@@ -86,19 +101,23 @@ def _histogram(name: str) -> Renderer:
     bucket, total, count = f"{name}_bucket{{", f"{name}_sum{{", f"{name}_count{{"
 
     def render(out: list[str], states: Sequence[TargetState]) -> int:
-        start = len(out)
+        lines = 0
+        layout: tuple[float, ...] | None = None
+        block = None
         for st in states:
             hist = st.histograms.get(name)
             if hist is None:
                 continue
+            # The buckets are the catalogue's tuple, shared by all targets: an identity check
+            # instead of hashing 17 floats per target.
+            if hist.buckets is not layout or block is None:
+                layout = hist.buckets
+                block = _bucket_block(layout)
             labels = st.labels
-            les = _le_labels(hist.buckets)
-            out += [
-                f"{bucket}{labels},{le}}} {n}\n"
-                for le, n in zip(les, _accumulate(hist.counts), strict=True)
-            ]
+            out.append(block(bucket, labels, *_accumulate(hist.counts)))
             out.append(f"{total}{labels}}} {fmt(hist.sum)}\n{count}{labels}}} {hist.count}\n")
-        return len(out) - start
+            lines += len(hist.counts) + 2
+        return lines
 
     return render
 

@@ -337,3 +337,19 @@ def test_sample_values_are_written_like_prometheus_reads_them() -> None:
             assert exposition.fmt(value) == text, value
     for value, text in cases:
         assert float(text.replace("Inf", "inf")) == value or math.isnan(value)
+
+
+def test_bucket_lines_of_every_catalogue_layout() -> None:
+    """The generated bucket writer gives the same lines as writing them one at a time."""
+    labels = 'target="a\\"b"'
+    for spec in metrics.CATALOGUE:
+        if spec.type is not metrics.Type.HISTOGRAM:
+            continue
+        bounds = (*spec.buckets, math.inf)
+        counts = list(range(3, 3 + len(bounds)))
+        block = exposition._bucket_block(spec.buckets)
+        expected = "".join(
+            f'{spec.name}_bucket{{{labels},le="{exposition.fmt(b)}"}} {n}\n'
+            for b, n in zip(bounds, counts, strict=True)
+        )
+        assert block(f"{spec.name}_bucket{{", labels, *counts) == expected, spec.name
