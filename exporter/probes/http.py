@@ -21,7 +21,7 @@ import ssl
 import struct
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -213,7 +213,18 @@ def _request(
 class _Marks:
     """Monotonic marks of one hop, taken at the socket events. DNS time adds up over hops."""
 
-    __slots__ = ("dns", "dns_start", "handshake", "ready", "secure", "sent", "syn", "tcp")
+    __slots__ = (
+        "dns",
+        "dns_start",
+        "handshake",
+        "ready",
+        "secure",
+        "sent",
+        "syn",
+        "tcp",
+        "tls_end",
+        "tls_start",
+    )
 
     def __init__(self) -> None:
         self.dns = 0.0
@@ -228,23 +239,23 @@ class _Marks:
         # The kernel's SYN -> SYN-ACK time, when it has one.
         self.handshake: float | None = None
         self.secure = False
-        # The connection (new or reused) is ready for the request, and the request was handed
-        # to the transport (written to the socket unless it backs up).
+        # ClientHello written, and the kernel's receive time of the server's last handshake
+        # bytes: the handshake on the wire, without the exporter's turns in between.
+        self.tls_start: float | None = None
+        self.tls_end: float | None = None
+        # The connection (new or reused) is ready for the request, and the request was written.
         self.ready: float | None = None
         self.sent: float | None = None
 
 
-class _Exchange(asyncio.Protocol):
-    """One request's response, parsed as the loop delivers bytes from the socket.
-
-    These are the closest marks to the wire asyncio offers: a timestamp taken after the response
-    has travelled up a chain of awaits would add the exporter's own scheduling delay.
-    """
+class _Exchange:
+    """One request's response, parsed by llhttp as the bytes are read, stamped with the kernel's
+    receive times: a timestamp taken when a busy loop got round to the socket would add the
+    exporter's own scheduling delay to the target's latency."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, head: bool, limit: int, keep: bool):
         self.done: asyncio.Future[None] = loop.create_future()
         self.parser = httptools.HttpResponseParser(self)
-        self.connected: float | None = None
         self.head = head
         self.limit = limit
         # The body is kept only when a regex will read it; otherwise it is only counted.
@@ -262,18 +273,10 @@ class _Exchange(asyncio.Protocol):
         self.keep_alive = False
         self.decoder: Any = None
 
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.connected = time.perf_counter()
-
-    def data_received(self, data: bytes) -> None:
-        self.received(data, time.perf_counter())
-
-    def received(self, data: bytes, now: float) -> None:
+    def received(self, data: bytes, at: float) -> None:
         if self.first_data is None:
-            self.first_data = now
-        self.last_data = now
+            self.first_data = at
+        self.last_data = at
         if self.done.done():
             return
         try:
@@ -283,26 +286,19 @@ class _Exchange(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self.done.done():
                 detail = str(exc) or type(exc).__name__
-                self._fail(Reason.PROTOCOL, f"invalid HTTP response: {detail}")
+                self.fail(Reason.PROTOCOL, f"invalid HTTP response: {detail}")
 
-    def eof_received(self) -> bool:
-        self._closed(None)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed(exc)
-
-    def _closed(self, exc: Exception | None) -> None:
+    def closed(self, exc: OSError | None) -> None:
         if self.done.done():
             return
         if self.headers_done and self.until_close and exc is None:
             self._complete()
-        elif isinstance(exc, OSError) and exc.errno:
-            self._fail(Reason.RESET, f"connection error: {os.strerror(exc.errno).lower()}")
+        elif exc is not None and exc.errno:
+            self.fail(Reason.RESET, f"connection error: {os.strerror(exc.errno).lower()}")
         elif self.first_data is None:
-            self._fail(Reason.RESET, "connection closed before a response")
+            self.fail(Reason.RESET, "connection closed before a response")
         else:
-            self._fail(Reason.RESET, "connection closed mid-response")
+            self.fail(Reason.RESET, "connection closed mid-response")
 
     # httptools callbacks
 
@@ -339,11 +335,11 @@ class _Exchange(asyncio.Protocol):
                 # balloon in memory before it is counted.
                 body = self.decoder.decompress(body, room + 1)
             except zlib.error as exc:
-                self._fail(Reason.PROTOCOL, f"invalid compressed body: {exc}")
+                self.fail(Reason.PROTOCOL, f"invalid compressed body: {exc}")
                 return
         self.size += len(body)
         if self.size > self.limit:
-            self._fail(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({self.limit})")
+            self.fail(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({self.limit})")
             return
         if self.keep:
             self.chunks.append(body)
@@ -365,47 +361,214 @@ class _Exchange(asyncio.Protocol):
             try:
                 tail = self.decoder.flush()
             except zlib.error as exc:
-                self._fail(Reason.PROTOCOL, f"invalid compressed body: {exc}")
+                self.fail(Reason.PROTOCOL, f"invalid compressed body: {exc}")
                 return
             self.size += len(tail)
             if self.size > self.limit:
-                self._fail(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({self.limit})")
+                self.fail(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({self.limit})")
                 return
             if self.keep:
                 self.chunks.append(tail)
         self.complete = True
         self.done.set_result(None)
 
-    def _fail(self, reason: Reason, message: str) -> None:
+    def fail(self, reason: Reason, message: str) -> None:
         self.done.set_exception(ProbeFailure(reason, message))
         # Nobody may be waiting any more (a timeout): do not log "exception never retrieved".
         self.done.exception()
 
-    def reusable(self) -> bool:
-        return self.complete and self.keep_alive
+
+# Linux's SO_TIMESTAMPNS (the socket module lacks the name): each read comes with the kernel's
+# receive time of its data, struct timespec on 64-bit.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("=qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
+_READ_SIZE = 65536
+
+
+class _Conn:
+    """One connection on a bare non-blocking socket; TLS runs in memory (ssl.MemoryBIO), so every
+    byte is read here with its kernel receive time, plain or encrypted."""
+
+    __slots__ = ("fd", "incoming", "offset", "outgoing", "sock", "tls")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.tls: ssl.SSLObject | None = None
+        self.incoming = self.outgoing = ssl.MemoryBIO()
+        # Kernel times are wall-clock; this maps them onto perf_counter's timeline.
+        self.offset = time.time() - time.perf_counter()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read(self) -> tuple[bytes, float] | None:
+        """One read of what the socket holds and its kernel time; None when nothing is there."""
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(_READ_SIZE, _CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        now = time.perf_counter()
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(value)
+                at = sec + nsec * 1e-9 - self.offset
+                # Past `now` only if the wall clock stepped in between: the read's own time then.
+                return data, at if at <= now else now
+        return data, now
+
+    async def readable(self, loop: asyncio.AbstractEventLoop) -> tuple[bytes, float]:
+        while True:
+            got = self.read()
+            if got is not None:
+                return got
+            await _wait(loop, self.fd, loop.add_reader, loop.remove_reader)
+
+    async def send(self, loop: asyncio.AbstractEventLoop, data: bytes) -> None:
+        if self.tls is not None:
+            self.tls.write(data)
+            data = self.outgoing.read()
+        await self._send_raw(loop, data)
+
+    async def _send_raw(self, loop: asyncio.AbstractEventLoop, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except (BlockingIOError, InterruptedError):
+                await _wait(loop, self.fd, loop.add_writer, loop.remove_writer)
+
+    async def start_tls(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        context: ssl.SSLContext,
+        server_name: str,
+        marks: _Marks,
+    ) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=server_name)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            if self.outgoing.pending:
+                await self._send_raw(loop, self.outgoing.read())
+                if marks.tls_start is None:
+                    marks.tls_start = time.perf_counter()
+            data, marks.tls_end = await self.readable(loop)
+            if not data:
+                raise ProbeFailure(Reason.RESET, "connection closed during the TLS handshake")
+            self.incoming.write(data)
+        if self.outgoing.pending:
+            await self._send_raw(loop, self.outgoing.read())
+        self.tls = tls
+
+    def feed(self, ex: _Exchange) -> None:
+        """Reader callback: everything the socket holds, decrypted if need be, to the parser."""
+        while not ex.done.done():
+            try:
+                got = self.read()
+            except OSError as exc:
+                ex.closed(exc)
+                return
+            if got is None:
+                return
+            data, at = got
+            if self.tls is None:
+                if data:
+                    ex.received(data, at)
+                else:
+                    ex.closed(None)
+                continue
+            if data:
+                self.incoming.write(data)
+            else:
+                self.incoming.write_eof()
+            while not ex.done.done():
+                try:
+                    plain = self.tls.read(_READ_SIZE)
+                except ssl.SSLWantReadError:
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    # close_notify, or a server that just closed (as most do): EOF either way;
+                    # the HTTP framing says whether the body was complete.
+                    ex.closed(None)
+                    return
+                except ssl.SSLError as exc:
+                    if not ex.done.done():
+                        ex.fail(Reason.TLS, f"TLS error: {exc.reason or exc}")
+                    return
+                if not plain:
+                    ex.closed(None)
+                    return
+                ex.received(plain, at)
+
+    def idle_and_open(self) -> bool:
+        """A kept-alive connection may be reused: nothing arrived and the server did not close."""
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not data or self.tls is None:
+            return False
+        # TLS 1.3 sends session tickets after the handshake; those are not a response.
+        self.incoming.write(data)
+        try:
+            stray = self.tls.read(_READ_SIZE)
+        except ssl.SSLWantReadError:
+            return True
+        except ssl.SSLError:
+            return False
+        return not stray
+
+
+async def _wait(
+    loop: asyncio.AbstractEventLoop,
+    fd: int,
+    add: Callable[..., None],
+    remove: Callable[[int], object],
+) -> None:
+    waiter: asyncio.Future[None] = loop.create_future()
+    add(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        remove(fd)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Idle:
     """Kept-alive connections by origin and TLS settings, each lent to one probe at a time."""
 
     def __init__(self) -> None:
-        self._conns: dict[Any, list[tuple[asyncio.Transport, Any]]] = {}
+        self._conns: dict[Any, list[_Conn]] = {}
 
-    def take(self, key: Any) -> tuple[asyncio.Transport, Any] | None:
+    def take(self, key: Any) -> _Conn | None:
         conns = self._conns.get(key)
         while conns:
-            transport, ssl_object = conns.pop()
-            if not transport.is_closing():
-                return transport, ssl_object
+            conn = conns.pop()
+            if conn.idle_and_open():
+                return conn
+            conn.close()
         return None
 
-    def put(self, key: Any, transport: asyncio.Transport, ssl_object: Any) -> None:
-        self._conns.setdefault(key, []).append((transport, ssl_object))
+    def put(self, key: Any, conn: _Conn) -> None:
+        self._conns.setdefault(key, []).append(conn)
 
     def close(self) -> None:
         for conns in self._conns.values():
-            for transport, _ in conns:
-                transport.abort()
+            for conn in conns:
+                conn.close()
         self._conns.clear()
 
 
@@ -432,48 +595,40 @@ async def _resolve(
         marks.dns_start = None
 
 
-async def _open(
-    loop: asyncio.AbstractEventLoop, p: Http, hop: _Hop, ex: _Exchange, marks: _Marks
-) -> asyncio.Transport:
-    """A connection for this hop: TCP (the SYN stamped right before connect(2)), then TLS."""
-    infos = hop.addresses or await _resolve(loop, hop.host, hop.port, p.family, marks)
-    family, _, _, _, address = infos[0]
-    try:
+async def _connect(
+    loop: asyncio.AbstractEventLoop, infos: Any, hop: _Hop, marks: _Marks
+) -> socket.socket:
+    where = f"{hop.host}:{hop.port}"
+    if len(infos) > 1:
         marks.syn = time.perf_counter()
-        if len(infos) == 1 and (family == socket.AF_INET or address[3] == 0):
-            # The loop creates and connects the socket itself: no Python socket object per
-            # probe (a third of the connection's CPU on uvloop).
-            transport, _ = await loop.create_connection(
-                lambda: ex, address[0], address[1], family=family
-            )
-        else:
+        try:
             sock = await aiohappyeyeballs.start_connection(addr_infos=list(infos), loop=loop)
-            family = sock.family
-            transport, _ = await loop.create_connection(lambda: ex, sock=sock)
-    except OSError as exc:
-        raise ProbeFailure(
-            Reason.CONNECT, f"cannot connect to {hop.host}:{hop.port}: {_os_reason(exc)}"
-        ) from None
-    marks.tcp = ex.connected
-    marks.handshake = _handshake_rtt(transport.get_extra_info("socket"), family)
-    if hop.ssl is None:
-        return transport
-    marks.secure = True
+        except OSError as exc:
+            reason = _os_reason(exc)
+            raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}") from None
+        marks.tcp = time.perf_counter()
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        marks.handshake = _handshake_rtt(sock, sock.family)
+        return sock
+    family, _, proto, _, address = infos[0]
+    # Non-blocking from socket(2) on: no separate ioctl per probe.
+    sock = socket.socket(family, _NONBLOCKING_STREAM, proto)
     try:
-        tls = await loop.start_tls(
-            transport, ex, hop.ssl, server_hostname=p.server_name or hop.host
-        )
-    except ssl.SSLError as exc:
-        transport.abort()
-        raise _tls_failure(exc) from None
-    except OSError as exc:
-        transport.abort()
-        raise ProbeFailure(Reason.RESET, f"connection error: {_os_reason(exc)}") from None
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        marks.syn = time.perf_counter()
+        err = sock.connect_ex(address)
+        if err == errno.EINPROGRESS:
+            await _wait(loop, sock.fileno(), loop.add_writer, loop.remove_writer)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            reason = os.strerror(err).lower()
+            raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}")
     except BaseException:
-        transport.abort()
+        sock.close()
         raise
-    assert tls is not None
-    return tls
+    marks.tcp = time.perf_counter()
+    marks.handshake = _handshake_rtt(sock, family)
+    return sock
 
 
 # struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, then u32 fields; tcpi_rtt is the 16th.
@@ -482,13 +637,13 @@ _TCPI_RTT_OFFSET = 8 + 15 * 4
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
 
-def _handshake_rtt(sock: Any, family: int) -> float | None:
+def _handshake_rtt(sock: socket.socket, family: int) -> float | None:
     """SYN -> SYN-ACK as the kernel measured it (its first RTT sample, in microseconds).
 
     The loop notices the finished handshake only when it next polls; on a busy loop that is
     milliseconds later, and the wait is the exporter's, not the target's.
     """
-    if _TCP_INFO is None or sock is None or family not in (socket.AF_INET, socket.AF_INET6):
+    if _TCP_INFO is None or family not in (socket.AF_INET, socket.AF_INET6):
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_RTT_OFFSET + 4)
@@ -542,124 +697,24 @@ class _Hop:
         self.addresses = addresses
 
 
-# Linux's SO_TIMESTAMPNS (the socket module lacks the name): each read comes with the kernel's
-# receive time of its data, struct timespec on 64-bit.
-_SO_TIMESTAMPNS = 35
-_TIMESPEC = struct.Struct("=qq")
-_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
-_NONBLOCKING_STREAM = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
-
-
-async def _plain_exchange(
-    loop: asyncio.AbstractEventLoop, p: Http, hop: _Hop, ex: _Exchange, marks: _Marks
-) -> None:
-    """A plain http exchange on a bare non-blocking socket, read with the kernel's receive times.
-
-    The response's first and last bytes are stamped when they reached the host, not when a busy
-    loop got round to reading them: the exporter's own load stays out of the target's latency.
-    """
+async def _open(loop: asyncio.AbstractEventLoop, p: Http, hop: _Hop, marks: _Marks) -> _Conn:
     infos = hop.addresses or await _resolve(loop, hop.host, hop.port, p.family, marks)
-    sock = await _raw_connect(loop, infos, hop, marks)
-    fd = sock.fileno()
+    conn = _Conn(await _connect(loop, infos, hop, marks))
+    if hop.ssl is None:
+        return conn
+    marks.secure = True
     try:
-        marks.ready = time.perf_counter()
-        # Kernel times are wall-clock; this maps them onto perf_counter's timeline.
-        offset = time.time() - marks.ready
-        try:
-            await _send_all(loop, sock, hop.request)
-        except OSError as exc:
-            raise ProbeFailure(Reason.RESET, f"connection error: {_os_reason(exc)}") from None
-        marks.sent = time.perf_counter()
-        loop.add_reader(fd, _read_ready, sock, ex, offset, marks.sent)
-        try:
-            await ex.done
-        finally:
-            loop.remove_reader(fd)
-    finally:
-        sock.close()
-
-
-async def _raw_connect(
-    loop: asyncio.AbstractEventLoop, infos: Any, hop: _Hop, marks: _Marks
-) -> socket.socket:
-    where = f"{hop.host}:{hop.port}"
-    if len(infos) > 1:
-        marks.syn = time.perf_counter()
-        try:
-            sock = await aiohappyeyeballs.start_connection(addr_infos=list(infos), loop=loop)
-        except OSError as exc:
-            reason = _os_reason(exc)
-            raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}") from None
-        marks.tcp = time.perf_counter()
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-        marks.handshake = _handshake_rtt(sock, sock.family)
-        return sock
-    family, _, proto, _, address = infos[0]
-    # Non-blocking from socket(2) on: no separate ioctl per probe.
-    sock = socket.socket(family, _NONBLOCKING_STREAM, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-        marks.syn = time.perf_counter()
-        err = sock.connect_ex(address)
-        if err == errno.EINPROGRESS:
-            await _wait_writable(loop, sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            reason = os.strerror(err).lower()
-            raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}")
+        await conn.start_tls(loop, hop.ssl, p.server_name or hop.host, marks)
+    except ssl.SSLError as exc:
+        conn.close()
+        raise _tls_failure(exc) from None
+    except OSError as exc:
+        conn.close()
+        raise ProbeFailure(Reason.RESET, f"connection error: {_os_reason(exc)}") from None
     except BaseException:
-        sock.close()
+        conn.close()
         raise
-    marks.tcp = time.perf_counter()
-    marks.handshake = _handshake_rtt(sock, family)
-    return sock
-
-
-async def _wait_writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    waiter: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-    loop.add_writer(fd, _wake, waiter)
-    try:
-        await waiter
-    finally:
-        loop.remove_writer(fd)
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-async def _send_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view) :]
-        except (BlockingIOError, InterruptedError):
-            await _wait_writable(loop, sock)
-
-
-def _read_ready(sock: socket.socket, ex: _Exchange, offset: float, sent: float) -> None:
-    while not ex.done.done():
-        try:
-            data, ancillary, _, _ = sock.recvmsg(65536, _CMSG_SPACE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            ex.connection_lost(exc)
-            return
-        if not data:
-            ex.eof_received()
-            return
-        at = None
-        for level, kind, value in ancillary:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
-                sec, nsec = _TIMESPEC.unpack_from(value)
-                at = sec + nsec * 1e-9 - offset
-        now = time.perf_counter()
-        # Without a kernel time (or with a clock step in between), the read's own time; data a
-        # server sent before reading the request counts from the request.
-        ex.received(data, now if at is None or at > now else max(at, sent))
+    return conn
 
 
 async def _exchange(
@@ -671,35 +726,33 @@ async def _exchange(
     pool: _Idle | None,
     ctx: ProbeContext,
 ) -> None:
-    if pool is None and hop.ssl is None:
-        await _plain_exchange(loop, p, hop, ex, marks)
-        return
     key = (hop.url.scheme, hop.host, hop.port, id(hop.ssl), p.server_name, p.family)
-    reused = pool.take(key) if pool is not None else None
-    transport: asyncio.Transport | None = None
+    conn = pool.take(key) if pool is not None else None
+    if conn is None:
+        conn = await _open(loop, p, hop, marks)
+    reuse = False
     try:
-        if reused is not None:
-            transport, ssl_object = reused
-            transport.set_protocol(ex)
-        else:
-            transport = await _open(loop, p, hop, ex, marks)
-            ssl_object = transport.get_extra_info("ssl_object")
         marks.ready = time.perf_counter()
-        transport.write(hop.request)
+        if conn.tls is not None:
+            not_after = peer_cert_not_after(conn.tls)
+            if not_after is not None:
+                ctx.gauges[TLS_NOT_AFTER.name] = not_after
+        try:
+            await conn.send(loop, hop.request)
+        except OSError as exc:
+            raise ProbeFailure(Reason.RESET, f"connection error: {_os_reason(exc)}") from None
         marks.sent = time.perf_counter()
-        not_after = peer_cert_not_after(ssl_object)
-        if not_after is not None:
-            ctx.gauges[TLS_NOT_AFTER.name] = not_after
-        await ex.done
+        loop.add_reader(conn.fd, conn.feed, ex)
+        try:
+            await ex.done
+        finally:
+            loop.remove_reader(conn.fd)
+        reuse = pool is not None and ex.keep_alive
     finally:
-        if transport is not None:
-            if pool is not None and ex.reusable() and not transport.is_closing():
-                pool.put(key, transport, ssl_object)
-            elif ex.complete:
-                transport.close()
-            else:
-                # A failure or timeout: drop the connection now, unread bytes and all.
-                transport.abort()
+        if reuse and pool is not None:
+            pool.put(key, conn)
+        else:
+            conn.close()
 
 
 async def run(p: Http, ctx: ProbeContext) -> None:
@@ -795,14 +848,19 @@ def _record_phases(ctx: ProbeContext, m: _Marks, ex: _Exchange, whole: bool) -> 
             connect = min(connect, m.handshake)
         total += _phase(ctx, "connect", connect)
         if m.tcp is not None and m.secure:
-            total += _phase(ctx, "tls", (m.ready if m.ready is not None else end) - m.tcp)
+            # The handshake's bytes on the wire: from the ClientHello to the kernel's receive
+            # time of the server's last handshake flight.
+            tls_from = m.tls_start if m.tls_start is not None else m.tcp
+            tls_to = m.tls_end if m.ready is not None and m.tls_end is not None else end
+            total += _phase(ctx, "tls", max(0.0, tls_to - tls_from))
     if m.sent is None:
         return
-    first = ex.first_data
-    if first is None:
+    if ex.first_data is None:
         ctx.phases["first_byte"] = end - m.sent
         return
-    last = ex.last_data if ex.complete and ex.last_data is not None else end
+    # Bytes a server sent before reading the request count from the request.
+    first = max(ex.first_data, m.sent)
+    last = max(ex.last_data, first) if ex.complete and ex.last_data is not None else end
     total += _phase(ctx, "first_byte", first - m.sent)
     total += _phase(ctx, "transfer", last - first)
     if whole and ex.complete:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import math
 import socketserver
+import ssl
 import threading
 import time
+
+import pytest
 
 from exporter.scheduler import Scheduler
 from tests.probes.conftest import MakeTarget, RunProbe
@@ -62,27 +65,42 @@ async def test_failed_probe_keeps_the_wall_clock(
     assert result.duration >= sum(result.phases.values())
 
 
-class _DelayedAnswer(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        self.request.recv(65536)
-        time.sleep(0.05)
-        self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+def _delayed_answer(tls: ssl.SSLContext | None) -> type[socketserver.BaseRequestHandler]:
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            sock = self.request
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_side=True)
+            sock.recv(65536)
+            time.sleep(0.05)
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            sock.close()
+
+    return Handler
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 async def test_a_stalled_loop_is_not_the_targets_latency(
-    make_target: MakeTarget, scheduler: Scheduler
+    make_target: MakeTarget,
+    scheduler: Scheduler,
+    scheme: str,
+    server_ssl: ssl.SSLContext,
+    ca_file: str,
 ) -> None:
-    """The answer lands while the event loop is blocked: a plain http probe reads the kernel's
-    receive time of the bytes, so the stall is not counted as the target's latency. (The server
-    runs in a thread: one on the blocked loop could not answer either.)"""
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _DelayedAnswer) as srv:
+    """The answer lands while the event loop is blocked: the probe reads the kernel's receive
+    time of the bytes (decrypted in memory for https), so the stall is not counted as the
+    target's latency. (The server runs in a thread: one on the blocked loop could not answer.)"""
+    tls = server_ssl if scheme == "https" else None
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _delayed_answer(tls)) as srv:
         thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
         thread.start()
         try:
             host, port = srv.server_address[:2]
-            target = make_target({"kind": "http", "url": f"http://{host}:{port}/"})
+            target = make_target(
+                {"kind": "http", "url": f"{scheme}://{host}:{port}/", "tls": {"ca_file": ca_file}}
+            )
             probe = asyncio.create_task(scheduler.probe(target))
-            await asyncio.sleep(0.02)  # connected, request written; the answer is due at ~50 ms
+            await asyncio.sleep(0.03)  # connected, request written; the answer is due at ~50 ms
             time.sleep(0.3)  # a stalled exporter: the answer arrives meanwhile
             result = await probe
         finally:
