@@ -1,19 +1,22 @@
 """/metrics cost in-process: render CPU per line, the longest event-loop stall, gzip.
 
     .venv/bin/python bench/render.py [--targets 10000] [--repeat 5] [--mode render,serve]
-                                     [--loop uvloop|asyncio]
+                                     [--loop uvloop|asyncio] [--cpu N]
 
 States are built the way the scheduler builds them (one TargetState per http target of a
-bench-like config, each fed a few Results shaped like the http probe's), then frozen like the
-daemon freezes its start-up objects.
+bench-like config, each fed a few Results shaped like the http probe's), frozen like the daemon
+freezes its start-up objects, then fed one more Result each (young objects for the collector).
+`--cpu N` pins this process to one core, as `make bench` pins the exporter.
 
 - render: drives `exposition.chunks` on a loop with a ticker task; reports CPU (process_time)
   per scrape and per line, chunk count and the longest gap between ticker turns (the stall a
   probe would feel). Also gzips the body at levels 1 and 6 (CPU time and ratio).
 - serve: the real `/metrics` handler on an aiohttp server on 127.0.0.1; `curl` (another
   process, so the client's CPU is not on our loop) fetches it plain and with gzip. Reports the
-  client's total time, our process CPU during the scrape and the longest lateness of a 1 ms
-  timer on the loop (a probe due every millisecond).
+  client's total time, our process CPU during the scrape, the longest lateness of a 1 ms
+  timer on the loop (a probe due every millisecond), the longest GC pause, and how often the
+  process was preempted (involuntary context switches: on a shared core, stalls longer than
+  a render step are other processes' time slices, not ours).
 
 Not a test: timings depend on the machine. Numbers go in reports, with `uptime`'s load.
 """
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import gc
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -173,6 +177,10 @@ async def render_once(states: list[TargetState], engine: Engine) -> tuple[float,
 
 def curl(port: int, gzip: bool) -> tuple[float, int]:
     cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total} %{size_download}"]
+    others = sorted(set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0))
+    if others:
+        # Pinned (--cpu): the client runs on the other cores, like make bench's harness.
+        cmd = ["taskset", "-c", ",".join(map(str, others)), *cmd]
     if gzip:
         cmd += ["-H", "Accept-Encoding: gzip"]
     out = subprocess.run(
@@ -181,16 +189,18 @@ def curl(port: int, gzip: bool) -> tuple[float, int]:
     return float(out[0]), int(out[1])
 
 
-async def serve_once(port: int, gzip: bool) -> tuple[float, float, float, int, float, int]:
+async def serve_once(port: int, gzip: bool) -> tuple[float, float, float, int, float, int, int]:
     ticker = Ticker(0.001)
     ticker.start()
     await asyncio.sleep(0.01)
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
     cpu = time.process_time()
     with GCPauses() as pauses:
         seconds, size = await asyncio.to_thread(curl, port, gzip)
     cpu = time.process_time() - cpu
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches
     stall = await ticker.stop()
-    return seconds, cpu, stall, size, pauses.worst, pauses.count
+    return seconds, cpu, stall, size, pauses.worst, pauses.count, switches
 
 
 def med(xs: list[float], scale: float = 1000.0, nd: int = 1) -> str:
@@ -246,12 +256,13 @@ async def main(a: argparse.Namespace) -> None:
             try:
                 for gz in (True, False):
                     rows = [await serve_once(port, gz) for _ in range(a.repeat)]
-                    total, cpu, late = (med([r[k] for r in rows]) for k in range(3))
+                    total, spent, late = (med([r[k] for r in rows]) for k in range(3))
                     print(
                         f"serve {'gzip ' if gz else 'plain'}: {rows[-1][3] / 1e6:.1f} MB on the "
-                        f"wire; total ms {total}; our CPU ms {cpu}; "
+                        f"wire; total ms {total}; our CPU ms {spent}; "
                         f"longest 1 ms-timer lateness ms {late}; longest GC pause ms "
-                        f"{med([r[4] for r in rows])}, {sum(r[5] for r in rows)} collections"
+                        f"{med([r[4] for r in rows])}, {sum(r[5] for r in rows)} collections; "
+                        f"preempted {sorted(r[6] for r in rows)} times"
                     )
             finally:
                 await runner.cleanup()
@@ -265,7 +276,10 @@ def cli() -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--mode", default="render,serve", help="comma list of render,serve")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--cpu", type=int, help="pin to this core (curl runs on the others)")
     a = p.parse_args()
+    if a.cpu is not None:
+        os.sched_setaffinity(0, {a.cpu})
     runner: Callable[..., None]
     if a.loop == "uvloop":
         import uvloop
