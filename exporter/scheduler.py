@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import hashlib
 import logging
@@ -142,6 +143,9 @@ class Scheduler:
         self._window: collections.deque[list[int]] = collections.deque(maxlen=overload_window)
         self._window_second = 0
         self._stopped: set[asyncio.Task[None]] = set()
+        # One context for every timer, instead of a copy per call_at that would live (and be
+        # scanned by the cycle collector) for a whole interval; the probe task copies its own.
+        self._context = contextvars.copy_context()
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -220,7 +224,7 @@ class Scheduler:
         run.fire = functools.partial(self._fire, run)
         offset = phase_offset(target)
         run.slot = offset + math.ceil((loop.time() - offset) / target.interval) * target.interval
-        run.handle = loop.call_at(run.slot, run.fire)
+        run.handle = loop.call_at(run.slot, run.fire, context=self._context)
         return run
 
     def _fire(self, run: _Run) -> None:
@@ -251,7 +255,7 @@ class Scheduler:
             self.metrics.skipped.labels(reason=SkipReason.OVERRUN.value).inc(missed)
             slot += missed * interval
         run.slot = slot
-        run.handle = loop.call_at(slot, run.fire)
+        run.handle = loop.call_at(slot, run.fire, context=self._context)
 
     async def _scheduled_run(self, target: Target, slot: float) -> None:
         loop = asyncio.get_running_loop()

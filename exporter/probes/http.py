@@ -255,7 +255,9 @@ class _Exchange:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, head: bool, limit: int, keep: bool):
         self.done: asyncio.Future[None] = loop.create_future()
-        self.parser = httptools.HttpResponseParser(self)
+        # parser -> self -> parser is a cycle: `release` breaks it, so a finished exchange is
+        # freed by reference counting instead of waiting for (and loading) the cycle collector.
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.head = head
         self.limit = limit
         # The body is kept only when a regex will read it; otherwise it is only counted.
@@ -277,7 +279,7 @@ class _Exchange:
         if self.first_data is None:
             self.first_data = at
         self.last_data = at
-        if self.done.done():
+        if self.done.done() or self.parser is None:
             return
         try:
             self.parser.feed_data(data)
@@ -309,6 +311,7 @@ class _Exchange:
         self.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        assert self.parser is not None  # called back from feed_data
         self.status = self.parser.get_status_code()
         if 100 <= self.status < 200:
             return
@@ -351,6 +354,7 @@ class _Exchange:
             self.reason = b""
             return
         # Asked now: llhttp forgets it once the callback returns.
+        assert self.parser is not None  # called back from feed_data
         self.keep_alive = self.parser.should_keep_alive()
         self._complete()
 
@@ -371,6 +375,9 @@ class _Exchange:
                 self.chunks.append(tail)
         self.complete = True
         self.done.set_result(None)
+
+    def release(self) -> None:
+        self.parser = None
 
     def fail(self, reason: Reason, message: str) -> None:
         self.done.set_exception(ProbeFailure(reason, message))
@@ -728,10 +735,10 @@ async def _exchange(
 ) -> None:
     key = (hop.url.scheme, hop.host, hop.port, id(hop.ssl), p.server_name, p.family)
     conn = pool.take(key) if pool is not None else None
-    if conn is None:
-        conn = await _open(loop, p, hop, marks)
     reuse = False
     try:
+        if conn is None:
+            conn = await _open(loop, p, hop, marks)
         marks.ready = time.perf_counter()
         if conn.tls is not None:
             not_after = peer_cert_not_after(conn.tls)
@@ -749,10 +756,12 @@ async def _exchange(
             loop.remove_reader(conn.fd)
         reuse = pool is not None and ex.keep_alive
     finally:
-        if reuse and pool is not None:
-            pool.put(key, conn)
-        else:
-            conn.close()
+        ex.release()
+        if conn is not None:
+            if reuse and pool is not None:
+                pool.put(key, conn)
+            else:
+                conn.close()
 
 
 async def run(p: Http, ctx: ProbeContext) -> None:
