@@ -522,6 +522,11 @@ def read_yaml(text: str, file: str) -> Source:
         raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax error: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(file, None, "", f"YAML error: {exc}")]) from None
+    except UnicodeEncodeError as exc:
+        # Text that no file can hold (a lone surrogate): libyaml takes UTF-8.
+        line = text.count("\n", 0, exc.start) + 1
+        char = f"U+{ord(text[exc.start]):04X}"
+        raise ConfigError([ConfigIssue(file, line, "", f"invalid character {char}")]) from None
 
 
 def parse(text: str, file: str, base_dir: Path | None = None) -> Config:

@@ -197,6 +197,13 @@ def test_mutated_valid_config(data: st.DataObject) -> None:
     check_parse(dump(doc, data.draw(st.booleans(), label="unicode")))
 
 
+def test_lone_surrogate_is_a_config_error() -> None:
+    """Found by test_damaged_text: libyaml's UTF-8 encoding raised past the error reporting."""
+    with pytest.raises(ConfigError) as info:
+        config.parse("vantage: eu\nservices: \ud800\n", FILE, Path("/nonexistent"))
+    assert [str(i) for i in info.value.issues] == [f"{FILE}:2: invalid character U+D800"]
+
+
 @FUZZ
 @given(data=st.data())
 def test_damaged_text(data: st.DataObject) -> None:
