@@ -405,7 +405,13 @@ class _Conn:
         self.fd = sock.fileno()
         self.tls: ssl.SSLObject | None = None
         self.incoming = self.outgoing = ssl.MemoryBIO()
-        # Kernel times are wall-clock; this maps them onto perf_counter's timeline.
+        self.offset = 0.0
+        self.sync_clock()
+
+    def sync_clock(self) -> None:
+        """Kernel times are wall-clock; this maps them onto perf_counter's timeline. Both clocks
+        run at the same NTP-adjusted rate, so only a step of the wall clock moves the offset:
+        taken again for every exchange on a kept-alive connection."""
         self.offset = time.time() - time.perf_counter()
 
     def close(self) -> None:
@@ -739,6 +745,8 @@ async def _exchange(
     try:
         if conn is None:
             conn = await _open(loop, p, hop, marks)
+        else:
+            conn.sync_clock()
         marks.ready = time.perf_counter()
         if conn.tls is not None:
             not_after = peer_cert_not_after(conn.tls)
