@@ -75,7 +75,8 @@ def test_hadolint_catches_a_root_image(tmp_path: Path) -> None:
 
 def wheelhouse() -> Path:
     """The exporter's dependencies as wheels for the base image's Python, from the host's pip."""
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["uvloop"]
     requirements = "\n".join([*deps, "setuptools>=68"]) + "\n"
     key = hashlib.sha256(f"{PYTHON_VERSION} {PLATFORMS} {requirements}".encode()).hexdigest()[:12]
     wheels = CACHE / f"wheels-{key}"
@@ -154,6 +155,7 @@ def test_image_is_slim_non_root_and_labelled(exporter_image: str) -> None:
     # No build tools or caches made it into the image.
     script = (
         "import os, shutil, sys\n"
+        "import uvloop  # the extra is installed: --event-loop auto runs on it\n"
         "tools = [t for t in ('gcc', 'cc', 'make', 'pip', 'pip3') if shutil.which(t)]\n"
         "venv = [p for p in os.listdir('/opt/venv/bin') if p.startswith(('pip', 'wheel'))]\n"
         "site = '/opt/venv/lib/python3.11/site-packages'\n"
