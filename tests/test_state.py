@@ -43,6 +43,19 @@ def test_recent_keeps_the_latest_samples_for_the_quantiles(make_config: MakeConf
     assert st.quantile(0.5) == 30.0 + RECENT_SAMPLES // 2
 
 
+def test_recent_samples_are_precise_enough_for_the_page(make_config: MakeConfig) -> None:
+    target = _target(make_config)
+    st = TargetState(target, REGISTRY[target.kind].reasons)
+    st.record(_result(target, 0.0123456))
+    st.record(_result(target, 9.87654321))
+    # Single precision: well under a microsecond here; the page shows tenths of a millisecond.
+    low, high = st.quantile(0.0), st.quantile(1.0)
+    assert low is not None
+    assert high is not None
+    assert abs(low - 0.0123456) < 1e-9
+    assert abs(high - 9.87654321) < 1e-6
+
+
 def test_last_is_a_shared_verdict_not_the_whole_result(make_config: MakeConfig) -> None:
     target = _target(make_config)
     a = TargetState(target, REGISTRY[target.kind].reasons)
