@@ -22,7 +22,7 @@ import struct
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,6 +162,10 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
     )
     body = s.body.encode() if s.body is not None else None
     family = _FAMILIES[s.ip_family]
+    if s.follow_redirects and url.scheme == "http":
+        # Loading the CA store takes tens of milliseconds: here, off the loop, not in the
+        # probe that first follows a redirect to https.
+        _default_ssl()
     return Http(
         url=url,
         method=s.method,
@@ -203,6 +207,9 @@ def _request(
         lines.append("Connection: close")
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")
+    elif method not in ("GET", "HEAD", "OPTIONS"):
+        # An empty POST says so: some front ends answer 411 Length Required otherwise.
+        lines.append("Content-Length: 0")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode()
     return head + body if body is not None else head
 
@@ -248,6 +255,13 @@ class _Marks:
         self.sent: float | None = None
 
 
+# What a response head (status line and headers) may take, like common clients (Go: 1 MiB,
+# aiohttp: 8 KiB a line): beyond it a server is feeding the parser, not answering.
+_MAX_HEAD_BYTES = 64 << 10
+_MAX_HEADERS = 100
+_MAX_INTERIM = 5
+
+
 class _Exchange:
     """One request's response, parsed by llhttp as the bytes are read, stamped with the kernel's
     receive times: a timestamp taken when a busy loop got round to the socket would add the
@@ -265,22 +279,38 @@ class _Exchange:
         self.status = 0
         self.reason = b""
         self.headers: dict[bytes, bytes] = {}
+        self.header_count = 0
+        self.head_bytes = 0
+        self.interim = 0
         self.chunks: list[bytes] = []
         self.size = 0
+        self.wire_size = 0
         self.first_data: float | None = None
         self.last_data: float | None = None
         self.headers_done = False
         self.complete = False
         self.until_close = False
         self.keep_alive = False
+        # Bytes followed the response (a second response, or junk): the connection is not
+        # reused, and nothing after the first final response is believed.
+        self.extra = False
         self.decoder: Any = None
+        self.raw_deflate = False
 
     def received(self, data: bytes, at: float) -> None:
         if self.first_data is None:
             self.first_data = at
         self.last_data = at
         if self.done.done() or self.parser is None:
+            if self.complete:
+                self.extra = True
             return
+        if not self.headers_done:
+            # Counted over earlier reads: this one may hold the head's end and a body.
+            if self.head_bytes > _MAX_HEAD_BYTES:
+                self.fail(Reason.PROTOCOL, f"response head exceeds {_MAX_HEAD_BYTES} bytes")
+                return
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -302,15 +332,29 @@ class _Exchange:
         else:
             self.fail(Reason.RESET, "connection closed mid-response")
 
-    # httptools callbacks
+    # httptools callbacks. llhttp goes on parsing after a response in the same read: once the
+    # exchange is done, every callback only notes that more came.
+
+    def on_message_begin(self) -> None:
+        if self.done.done():
+            self.extra = True
 
     def on_status(self, status: bytes) -> None:
-        self.reason += status
+        if not self.done.done() and len(self.reason) < 256:
+            self.reason += status[:256]
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.done.done():
+            return
+        self.header_count += 1
+        if self.header_count > _MAX_HEADERS:
+            self.fail(Reason.PROTOCOL, f"more than {_MAX_HEADERS} response headers")
+            return
         self.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        if self.done.done():
+            return
         assert self.parser is not None  # called back from feed_data
         self.status = self.parser.get_status_code()
         if 100 <= self.status < 200:
@@ -325,32 +369,63 @@ class _Exchange:
         if encoding in (b"gzip", b"x-gzip", b"deflate"):
             # 32 + MAX_WBITS: a zlib or gzip header, detected.
             self.decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)
+            self.raw_deflate = encoding == b"deflate"
         if self.head:
+            # No body follows whatever the headers say; llhttp does not know the method, so
+            # ask it now whether the connection stays open.
+            self.keep_alive = self.parser.should_keep_alive()
             self._complete()
 
     def on_body(self, body: bytes) -> None:
         if self.done.done():
             return
+        self.wire_size += len(body)
         if self.decoder is not None:
-            room = self.limit - self.size
-            try:
-                # Inflate at most one byte past the limit: a small compressed body must not
-                # balloon in memory before it is counted.
-                body = self.decoder.decompress(body, room + 1)
-            except zlib.error as exc:
-                self.fail(Reason.PROTOCOL, f"invalid compressed body: {exc}")
+            body = self._inflate(body)
+            if self.done.done():
                 return
         self.size += len(body)
-        if self.size > self.limit:
+        if self.size > self.limit or self.wire_size > self.limit:
             self.fail(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({self.limit})")
             return
         if self.keep:
             self.chunks.append(body)
 
+    def _inflate(self, body: bytes) -> bytes:
+        decoder = self.decoder
+        if decoder.eof:
+            self.fail(Reason.PROTOCOL, "data after the end of the compressed body")
+            return b""
+        room = self.limit - self.size
+        try:
+            # Inflate at most one byte past the limit: a small compressed body must not balloon
+            # in memory before it is counted.
+            out: bytes = decoder.decompress(body, room + 1)
+        except zlib.error as exc:
+            if self.raw_deflate and not self.size:
+                # "deflate" without the zlib wrapper, as some servers send it.
+                self.raw_deflate = False
+                self.decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+                return self._inflate(body)
+            self.fail(Reason.PROTOCOL, f"invalid compressed body: {exc}")
+            return b""
+        self.raw_deflate = False
+        if decoder.unused_data:
+            self.fail(Reason.PROTOCOL, "data after the end of the compressed body")
+            return b""
+        return out
+
     def on_message_complete(self) -> None:
+        if self.done.done():
+            return
         if not self.headers_done:
             # An interim 1xx response: the final one follows on the same connection.
+            self.interim += 1
+            if self.interim > _MAX_INTERIM:
+                self.fail(Reason.PROTOCOL, f"more than {_MAX_INTERIM} interim (1xx) responses")
+                return
             self.headers.clear()
+            self.header_count = 0
             self.reason = b""
             return
         # Asked now: llhttp forgets it once the callback returns.
@@ -392,6 +467,7 @@ _TIMESPEC = struct.Struct("=qq")
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 _READ_SIZE = 65536
+_READS_PER_TURN = 4
 
 
 class _Conn:
@@ -481,8 +557,15 @@ class _Conn:
         self.tls = tls
 
     def feed(self, ex: _Exchange) -> None:
-        """Reader callback: everything the socket holds, decrypted if need be, to the parser."""
-        while not ex.done.done():
+        """Reader callback: what the socket holds, decrypted if need be, to the parser.
+
+        A few reads per call, then back to the loop: a server sending faster than the parser
+        reads must not keep the loop (every other probe, /metrics) to itself, nor outrun the
+        probe's timeout.
+        """
+        for _ in range(_READS_PER_TURN):
+            if ex.done.done():
+                return
             try:
                 got = self.read()
             except OSError as exc:
@@ -501,27 +584,40 @@ class _Conn:
                 self.incoming.write(data)
             else:
                 self.incoming.write_eof()
-            while not ex.done.done():
-                try:
-                    plain = self.tls.read(_READ_SIZE)
-                except ssl.SSLWantReadError:
-                    break
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    # close_notify, or a server that just closed (as most do): EOF either way;
-                    # the HTTP framing says whether the body was complete.
-                    ex.closed(None)
-                    return
-                except ssl.SSLError as exc:
-                    if not ex.done.done():
-                        ex.fail(Reason.TLS, f"TLS error: {exc.reason or exc}")
-                    return
-                if not plain:
-                    ex.closed(None)
-                    return
-                ex.received(plain, at)
+            self._decrypt(ex, at)
+            if not data:
+                # After EOF nothing more will come, whatever the TLS layer still waits for.
+                ex.closed(None)
+                return
+            if self.outgoing.pending:
+                # A TLS 1.3 KeyUpdate answer, say: best effort, the socket has room for it.
+                with suppress(OSError):
+                    self.sock.send(self.outgoing.read())
+
+    def _decrypt(self, ex: _Exchange, at: float) -> None:
+        assert self.tls is not None
+        while not ex.done.done():
+            try:
+                plain = self.tls.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                # close_notify, or a server that just closed (as most do): EOF either way; the
+                # HTTP framing says whether the body was complete.
+                ex.closed(None)
+                return
+            except ssl.SSLError as exc:
+                ex.fail(Reason.TLS, f"TLS error: {exc.reason or exc}")
+                return
+            if not plain:
+                ex.closed(None)
+                return
+            ex.received(plain, at)
 
     def idle_and_open(self) -> bool:
         """A kept-alive connection may be reused: nothing arrived and the server did not close."""
+        if self.tls is not None and (self.incoming.pending or self.tls.pending()):
+            return False  # leftovers of the last response would be read as the next one
         try:
             data = self.sock.recv(_READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -560,27 +656,61 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+# Like common clients (aiohttp: 15 s): a server's idle timeout is usually longer, and a
+# connection kept for a target that went away (a reload, a redirect elsewhere) must not be held.
+_IDLE_SECONDS = 15.0
+_IDLE_PER_KEY = 2
+_IDLE_MAX = 256
+
+
 class _Idle:
-    """Kept-alive connections by origin and TLS settings, each lent to one probe at a time."""
+    """Kept-alive connections by origin and TLS settings, each lent to one probe at a time.
+
+    The key holds the SSL context itself, not its id(): a freed context's id can come back for
+    one with other settings, which must not get a connection verified under the old ones.
+    """
 
     def __init__(self) -> None:
-        self._conns: dict[Any, list[_Conn]] = {}
+        # Oldest first in each list.
+        self._conns: dict[Any, list[tuple[float, _Conn]]] = {}
 
     def take(self, key: Any) -> _Conn | None:
+        self._expire(time.monotonic() - _IDLE_SECONDS)
         conns = self._conns.get(key)
         while conns:
-            conn = conns.pop()
+            _, conn = conns.pop()
             if conn.idle_and_open():
                 return conn
             conn.close()
         return None
 
     def put(self, key: Any, conn: _Conn) -> None:
-        self._conns.setdefault(key, []).append(conn)
+        now = time.monotonic()
+        self._conns.setdefault(key, []).append((now, conn))
+        self._expire(now - _IDLE_SECONDS)
+
+    def _expire(self, cutoff: float) -> None:
+        """Close what idled too long, beyond two per key, or beyond the total (oldest first)."""
+        total = 0
+        for key in list(self._conns):
+            conns = self._conns[key]
+            while conns and (conns[0][0] < cutoff or len(conns) > _IDLE_PER_KEY):
+                conns.pop(0)[1].close()
+            if conns:
+                total += len(conns)
+            else:
+                del self._conns[key]
+        while total > _IDLE_MAX:
+            oldest = min(self._conns, key=lambda k: self._conns[k][0][0])
+            conns = self._conns[oldest]
+            conns.pop(0)[1].close()
+            total -= 1
+            if not conns:
+                del self._conns[oldest]
 
     def close(self) -> None:
         for conns in self._conns.values():
-            for conn in conns:
+            for _, conn in conns:
                 conn.close()
         self._conns.clear()
 
@@ -697,16 +827,23 @@ def _default_ssl() -> ssl.SSLContext:
 class _Hop:
     """Where one request goes: the URL's origin, the TLS settings and the request bytes."""
 
-    __slots__ = ("addresses", "host", "port", "request", "ssl", "url")
+    __slots__ = ("addresses", "host", "port", "request", "server_name", "ssl", "url")
 
     def __init__(
-        self, url: URL, request: bytes, ssl_ctx: ssl.SSLContext | None, addresses: Any = None
+        self,
+        url: URL,
+        request: bytes,
+        ssl_ctx: ssl.SSLContext | None,
+        server_name: str | None,
+        addresses: Any = None,
     ) -> None:
         self.url = url
         self.host = url.raw_host or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.request = request
         self.ssl = ssl_ctx if url.scheme == "https" else None
+        # The configured name stands for the configured origin only (like credentials).
+        self.server_name = server_name or self.host
         self.addresses = addresses
 
 
@@ -717,7 +854,7 @@ async def _open(loop: asyncio.AbstractEventLoop, p: Http, hop: _Hop, marks: _Mar
         return conn
     marks.secure = True
     try:
-        await conn.start_tls(loop, hop.ssl, p.server_name or hop.host, marks)
+        await conn.start_tls(loop, hop.ssl, hop.server_name, marks)
     except ssl.SSLError as exc:
         conn.close()
         raise _tls_failure(exc) from None
@@ -739,7 +876,7 @@ async def _exchange(
     pool: _Idle | None,
     ctx: ProbeContext,
 ) -> None:
-    key = (hop.url.scheme, hop.host, hop.port, id(hop.ssl), p.server_name, p.family)
+    key = (hop.url.scheme, hop.host, hop.port, hop.ssl, hop.server_name, p.family)
     conn = pool.take(key) if pool is not None else None
     reuse = False
     try:
@@ -754,6 +891,8 @@ async def _exchange(
                 ctx.gauges[TLS_NOT_AFTER.name] = not_after
         try:
             await conn.send(loop, hop.request)
+        except ssl.SSLError as exc:
+            raise _tls_failure(exc) from None
         except OSError as exc:
             raise ProbeFailure(Reason.RESET, f"connection error: {_os_reason(exc)}") from None
         marks.sent = time.perf_counter()
@@ -762,7 +901,7 @@ async def _exchange(
             await ex.done
         finally:
             loop.remove_reader(conn.fd)
-        reuse = pool is not None and ex.keep_alive
+        reuse = pool is not None and ex.keep_alive and not ex.extra
     finally:
         ex.release()
         if conn is not None:
@@ -775,9 +914,8 @@ async def _exchange(
 async def run(p: Http, ctx: ProbeContext) -> None:
     pool = await ctx.resources.shared(("http-idle",), _idle_pool) if p.keep_alive else None
     marks = _Marks()
-    hop = _Hop(p.url, p.request, p.ssl, p.addresses)
-    method = p.method
-    auth = p.auth_header
+    hop = _Hop(p.url, p.request, p.ssl, p.server_name, p.addresses)
+    method, body, headers, auth = p.method, p.body, p.headers, p.auth_header
     hops = 0
     loop = asyncio.get_running_loop()
     keep_body = bool(p.must_match or p.must_not_match)
@@ -797,14 +935,15 @@ async def run(p: Http, ctx: ProbeContext) -> None:
             see_other = ex.status == 303 and method != "HEAD"
             if see_other or (ex.status in (301, 302) and method == "POST"):
                 method, body = "GET", None
-            else:
-                body = p.body
+            server_name: str | None = hop.server_name
             if url.origin() != hop.url.origin():
-                # Credentials stay with the origin they were configured for.
-                auth = None
-            ssl_ctx = p.ssl if p.ssl is not None else _default_ssl()
-            request = _request(method, url, p.headers, auth, body, p.keep_alive)
-            hop = _Hop(url, request, ssl_ctx)
+                # Credentials, a configured Host and TLS server name stand for the configured
+                # origin only.
+                auth, server_name = None, None
+                headers = tuple((k, v) for k, v in headers if k.lower() != "host")
+            ssl_ctx = p.ssl if p.ssl is not None or url.scheme != "https" else _default_ssl()
+            request = _request(method, url, headers, auth, body, p.keep_alive)
+            hop = _Hop(url, request, ssl_ctx, server_name)
             marks.next_hop()
             ex = _Exchange(loop, method == "HEAD", p.max_body_bytes, keep_body)
     finally:
@@ -839,9 +978,10 @@ def _redirect_url(base: URL, location: bytes) -> URL:
 
 
 def _safe_location(location: bytes) -> str:
-    # The query may carry tokens: the debug line shows where, not what.
+    # Credentials and the query may carry secrets: the debug line shows where, not what.
     try:
-        return str(URL(location.decode("latin-1")).with_query(None).with_fragment(None))
+        where = URL(location.decode("latin-1")).with_query(None).with_fragment(None)
+        return str(where.with_user(None) if where.is_absolute() else where)
     except (ValueError, UnicodeError):
         return "(invalid)"
 

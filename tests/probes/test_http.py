@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gzip
 import json
 import socket
 import ssl
+import threading
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from exporter.metrics import DELAY_BUCKETS, START_DELAY, TLS_NOT_AFTER, SelfMetrics
+from exporter.probes import http as http_probe
 from exporter.resources import Resources
 from exporter.scheduler import Scheduler
 from tests.conftest import MakeConfig, one_service
@@ -103,8 +108,14 @@ def app_for(seen: Seen) -> web.Application:
         await record(request)
         raise web.HTTPSeeOther("/ok")
 
+    async def redirect_code(request: web.Request) -> web.Response:
+        await record(request)
+        location = request.query.get("to", "/ok")
+        return web.Response(status=int(request.match_info["code"]), headers={"Location": location})
+
     app = web.Application()
     app.router.add_route("*", "/ok", ok)
+    app.router.add_route("*", "/r/{code}", redirect_code)
     app.router.add_get("/gzip", gzipped)
     app.router.add_post("/see-other", see_other)
     app.router.add_get("/status/{code}", status)
@@ -274,6 +285,55 @@ async def test_see_other_after_post_continues_as_get(
     ]
 
 
+async def test_body_dropped_for_good_once_a_redirect_made_it_get(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    seen, base = server
+    probe = {"kind": "http", "url": f"{base}/r/303?to=/r/307%3Fto%3D/ok", "method": "POST"}
+    result = await run_probe({**probe, "body": "payload"})
+    assert result.success, result.message
+    assert [(r["method"], r["path"], r["body"]) for r in seen.requests] == [
+        ("POST", "/r/303", b"payload"),
+        ("GET", "/r/307", b""),
+        ("GET", "/ok", b""),
+    ]
+
+
+async def test_empty_post_says_content_length_zero(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    seen, base = server
+    result = await run_probe({"kind": "http", "url": f"{base}/ok", "method": "POST"})
+    assert result.success, result.message
+    assert seen.requests[0]["headers"]["Content-Length"] == "0"
+
+
+async def test_credentials_in_a_redirect_location_stay_out_of_the_debug_lines(
+    run_probe: RunProbe, server: tuple[Seen, str]
+) -> None:
+    _, base = server
+    host_port = base.removeprefix("http://")
+    target = f"{base}/r/302?to=http://u:hunter2@{host_port}/ok%3Ftoken%3Dsecret"
+    result = await run_probe({"kind": "http", "url": target})
+    assert result.success, result.message
+    assert any("redirected to" in line for line in result.debug), result.debug
+    text = "\n".join([result.message, *result.debug])
+    assert "hunter2" not in text
+    assert "secret" not in text
+
+
+async def test_kept_alive_connections_expire(
+    run_probe: RunProbe, server: tuple[Seen, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen, base = server
+    probe = {"kind": "http", "url": f"{base}/ok", "keep_alive": True}
+    monkeypatch.setattr(http_probe, "_IDLE_SECONDS", 0.05)
+    assert (await run_probe(probe)).success
+    await asyncio.sleep(0.1)
+    assert (await run_probe(probe)).success
+    assert len({r["peer"] for r in seen.requests}) == 2
+
+
 @pytest.mark.parametrize(
     ("payload", "ok"),
     [
@@ -283,8 +343,30 @@ async def test_see_other_after_post_continues_as_get(
         (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort", False),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", False),
         (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope", False),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" * 50, False),
+        (b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * 300_000 + b"\r\n\r\n", False),
+        (b"HTTP/1.1 200 " + b"very long reason " * 20_000 + b"\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Many: 1\r\n" * 101 + b"Content-Length: 0\r\n\r\n", False),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 100022\r\n\r\n"
+            + gzip.compress(b"ok")
+            + b"\0" * 100_000,
+            False,
+        ),
     ],
-    ids=["interim-100", "until-close", "no-content", "short-body", "unfinished-chunks", "bad-gzip"],
+    ids=[
+        "interim-100",
+        "until-close",
+        "no-content",
+        "short-body",
+        "unfinished-chunks",
+        "bad-gzip",
+        "interim-flood",
+        "huge-header",
+        "huge-reason",
+        "too-many-headers",
+        "data-after-gzip",
+    ],
 )
 async def test_response_framing(run_probe: RunProbe, payload: bytes, ok: bool) -> None:
     async with hostile.garbage(payload=payload) as (host, port):
@@ -293,6 +375,61 @@ async def test_response_framing(run_probe: RunProbe, payload: bytes, ok: bool) -
         assert result.success, result.message
     else:
         assert result.reason in ("reset", "protocol"), result.message
+
+
+async def test_a_second_response_does_not_replace_the_first(run_probe: RunProbe) -> None:
+    """llhttp parses on after a response in the same read: the first final response counts."""
+    payload = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"
+    )
+    async with hostile.garbage(payload=payload) as (host, port):
+        result = await run_probe({"kind": "http", "url": url("http", host, port)})
+    assert result.reason == "http_status", result.message
+    assert result.status_code == 503
+    assert result.debug[-2].endswith("response 503 Service Unavailable"), result.debug
+
+
+async def test_a_flooding_server_neither_outlasts_the_timeout_nor_holds_the_loop(
+    timed_probe: TimedProbe,
+) -> None:
+    """An endless chunk extension is never a complete response nor a body byte: the probe must
+    still time out on time, and the loop must keep turning meanwhile."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def flood() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a=")
+            junk = b"b" * 65536
+            deadline = time.monotonic() + 5
+            with contextlib.suppress(OSError):
+                while not stop.is_set() and time.monotonic() < deadline:
+                    conn.sendall(junk)
+
+    thread = threading.Thread(target=flood)
+    thread.start()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        host, port = listener.getsockname()[:2]
+        timed = await timed_probe({"kind": "http", "url": url("http", host, port)}, timeout=0.5)
+    finally:
+        ticker.cancel()
+        stop.set()
+        thread.join(10)
+        listener.close()
+    assert_timed_out(timed, 0.5)
+    assert ticks >= 10, ticks
 
 
 # -- authentication and secrets -----------------------------------------------------------------
