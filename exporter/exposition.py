@@ -9,6 +9,8 @@ import operator
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from types import ModuleType
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -16,6 +18,12 @@ from exporter import metrics
 from exporter.config import Region
 from exporter.metrics import MetricSpec, Type
 from exporter.state import TargetState, label_text
+
+_isal_zlib: ModuleType | None
+try:
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # a platform without a wheel: zlib, slower
+    _isal_zlib = None
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A chunk ends after STEP seconds of rendering or about LINES lines, whichever comes first. The
@@ -184,8 +192,23 @@ _GAUGES = operator.attrgetter("gauges")
 _HISTOGRAMS = operator.attrgetter("histograms")
 
 
-def gzip_compressor() -> zlib._Compress:
-    """A gzip stream (header and trailer included) for one response body."""
+class Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+def gzip_compressor(backend: str = "auto") -> Compressor:
+    """A gzip stream (header and trailer included) for one response body.
+
+    ISA-L's deflate when installed (a dependency; `backend="zlib"` forces the fallback): about
+    six times zlib's speed at level 1 on exposition text, with a better ratio, which is most of
+    the difference between a 10,000-target gzip scrape and a plain one (docs/performance.md).
+    """
+    if backend != "zlib" and _isal_zlib is not None:
+        packer: Compressor = _isal_zlib.compressobj(
+            GZIP_LEVEL, _isal_zlib.DEFLATED, 16 + _isal_zlib.MAX_WBITS
+        )
+        return packer
     return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
 
 

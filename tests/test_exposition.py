@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
@@ -353,3 +355,18 @@ def test_bucket_lines_of_every_catalogue_layout() -> None:
             for b, n in zip(bounds, counts, strict=True)
         )
         assert block(f"{spec.name}_bucket{{", labels, *counts) == expected, spec.name
+
+
+@pytest.mark.parametrize("backend", ["auto", "zlib"])
+def test_gzip_stream_round_trips_through_the_standard_library(backend: str) -> None:
+    """Chunked compression with ISA-L (the default) and the zlib fallback: one gzip member that
+    Python's gzip (like Prometheus's Go reader) inflates to the exact text."""
+    text = b"".join(
+        f'failover_probes_total{{target="t{i}",vantage="v{i % 3}"}} {i * 7}\n'.encode()
+        for i in range(20_000)
+    )
+    packer = exposition.gzip_compressor(backend)
+    body = b"".join(packer.compress(text[i : i + 65536]) for i in range(0, len(text), 65536))
+    body += packer.flush()
+    assert gzip.decompress(body) == text
+    assert len(body) < len(text) / 5
