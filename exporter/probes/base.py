@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -102,3 +104,28 @@ def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:
         raise RuntimeError(f"probe kind {kind.name!r} registered twice")
     REGISTRY[kind.name] = kind
     return kind
+
+
+# struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, then u32 fields; tcpi_rtt is the 16th.
+_TCPI_RTT = struct.Struct("=I")
+_TCPI_RTT_OFFSET = 8 + 15 * 4
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def handshake_rtt(sock: socket.socket, family: int) -> float | None:
+    """SYN -> SYN-ACK as the kernel measured it (its first RTT sample, in microseconds).
+
+    The loop notices the finished handshake only when it next polls; on a busy loop that is
+    milliseconds later, and the wait is the exporter's, not the target's.
+    """
+    if _TCP_INFO is None or family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_RTT_OFFSET + 4)
+    except OSError:
+        return None
+    if len(info) < _TCPI_RTT_OFFSET + 4:
+        return None
+    (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
+    # 0: no sample (a retransmitted SYN, say); the loop's own marks stand then.
+    return rtt_us / 1e6 if rtt_us else None

@@ -34,7 +34,14 @@ from yarl import URL
 from exporter import __version__
 from exporter.fields import Model, SecretSource, SettingError
 from exporter.metrics import TLS_NOT_AFTER, Reason
-from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
+from exporter.probes.base import (
+    ProbeContext,
+    ProbeFailure,
+    ProbeKind,
+    ProbeSettings,
+    handshake_rtt,
+    register,
+)
 from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
 
 _FAMILIES = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
@@ -751,7 +758,7 @@ async def _connect(
             raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}") from None
         marks.tcp = time.perf_counter()
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-        marks.handshake = _handshake_rtt(sock, sock.family)
+        marks.handshake = handshake_rtt(sock, sock.family)
         return sock
     family, _, proto, _, address = infos[0]
     # Non-blocking from socket(2) on: no separate ioctl per probe.
@@ -770,33 +777,8 @@ async def _connect(
         sock.close()
         raise
     marks.tcp = time.perf_counter()
-    marks.handshake = _handshake_rtt(sock, family)
+    marks.handshake = handshake_rtt(sock, family)
     return sock
-
-
-# struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, then u32 fields; tcpi_rtt is the 16th.
-_TCPI_RTT = struct.Struct("=I")
-_TCPI_RTT_OFFSET = 8 + 15 * 4
-_TCP_INFO = getattr(socket, "TCP_INFO", None)
-
-
-def _handshake_rtt(sock: socket.socket, family: int) -> float | None:
-    """SYN -> SYN-ACK as the kernel measured it (its first RTT sample, in microseconds).
-
-    The loop notices the finished handshake only when it next polls; on a busy loop that is
-    milliseconds later, and the wait is the exporter's, not the target's.
-    """
-    if _TCP_INFO is None or family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_RTT_OFFSET + 4)
-    except OSError:
-        return None
-    if len(info) < _TCPI_RTT_OFFSET + 4:
-        return None
-    (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
-    # 0: no sample (a retransmitted SYN, say); the loop's own marks stand then.
-    return rtt_us / 1e6 if rtt_us else None
 
 
 def _os_reason(exc: OSError) -> str:

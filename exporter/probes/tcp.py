@@ -17,7 +17,14 @@ from pydantic import Field, field_validator, model_validator
 
 from exporter.fields import SettingError
 from exporter.metrics import TLS_NOT_AFTER, Reason
-from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
+from exporter.probes.base import (
+    ProbeContext,
+    ProbeFailure,
+    ProbeKind,
+    ProbeSettings,
+    handshake_rtt,
+    register,
+)
 from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
 
 _FAMILIES = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
@@ -107,6 +114,10 @@ async def run(p: Tcp, ctx: ProbeContext) -> None:
                 # asyncio puts "Connect call failed (address)" in strerror; the errno says why.
                 why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
                 raise ProbeFailure(Reason.CONNECT, f"cannot connect: {why}") from None
+        # The kernel's SYN -> SYN-ACK time, not when a busy loop noticed the connection.
+        rtt = handshake_rtt(sock, family)
+        if rtt is not None:
+            ctx.phases["connect"] = min(ctx.phases["connect"], rtt)
         with ctx.phase("tls") if p.ssl is not None else contextlib.nullcontext():
             try:
                 reader, writer = await asyncio.open_connection(
@@ -126,6 +137,8 @@ async def run(p: Tcp, ctx: ProbeContext) -> None:
         if p.send is not None or p.expect is not None:
             with ctx.phase("expect"):
                 await _exchange(p, reader, writer)
+        # As for http: the target's time is its phases, not the exporter's turns between them.
+        ctx.duration = sum(ctx.phases.values())
     finally:
         if writer is not None:
             # abort(): a graceful TLS close could wait on a hostile peer.

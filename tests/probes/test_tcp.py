@@ -61,6 +61,9 @@ async def test_connect_success(run_probe: RunProbe) -> None:
     assert stats.connections == 1
     # An IP address needs no lookup; only the handshake is timed.
     assert set(result.phases) == {"connect"}
+    # The target's time is its phases (the kernel's handshake RTT here), not the wall clock
+    # around the probe, which also holds the lookup in a thread and the loop's turns.
+    assert result.duration == sum(result.phases.values())
 
 
 async def test_name_has_dns_phase(run_probe: RunProbe) -> None:
