@@ -27,6 +27,7 @@ log = logging.getLogger("exporter.scheduler")
 # Window over which the exporter judges itself overloaded.
 OVERLOAD_WINDOW = 30
 LAG_PERIOD = 0.25
+SKIP_LOG_PERIOD = 10.0
 
 
 def phase_offset(target: Target) -> float:
@@ -143,6 +144,8 @@ class Scheduler:
         self._window: collections.deque[list[int]] = collections.deque(maxlen=overload_window)
         self._window_second = 0
         self._stopped: set[asyncio.Task[None]] = set()
+        self._skip_logged_at = -math.inf
+        self._skips_unlogged = 0
         # One context for every timer, instead of a copy per call_at that would live (and be
         # scanned by the cycle collector) for a whole interval; the probe task copies its own.
         self._context = contextvars.copy_context()
@@ -257,6 +260,19 @@ class Scheduler:
         run.slot = slot
         run.handle = loop.call_at(slot, run.fire, context=self._context)
 
+    def _log_concurrency_skip(self, target: Target, now: float) -> None:
+        """At most one line per SKIP_LOG_PERIOD: under overload every probe can be skipped, and a
+        line per skip would flood the log (the counter has every one)."""
+        self._skips_unlogged += 1
+        if now - self._skip_logged_at < SKIP_LOG_PERIOD:
+            return
+        log.warning(
+            "probes skipped: concurrency limit full",
+            extra={"skipped": self._skips_unlogged, "last_target": target.name},
+        )
+        self._skip_logged_at = now
+        self._skips_unlogged = 0
+
     async def _scheduled_run(self, target: Target, slot: float) -> None:
         loop = asyncio.get_running_loop()
         if not self._limiter.try_acquire():
@@ -265,7 +281,7 @@ class Scheduler:
                     await self._limiter.acquire()
             except TimeoutError:
                 self.metrics.skipped.labels(reason=SkipReason.CONCURRENCY.value).inc()
-                log.warning("probe skipped: concurrency limit full", extra={"target": target.name})
+                self._log_concurrency_skip(target, loop.time())
                 return
         try:
             delay = max(0.0, loop.time() - slot)

@@ -243,6 +243,7 @@ async def test_overrun_is_skipped_never_run_twice_at_once(
     make_config: MakeConfig,
     counting_server: StartServer,
     scheduler: tuple[Scheduler, CollectorRegistry],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sched, registry = scheduler
     srv = await counting_server()
@@ -267,6 +268,10 @@ async def test_overrun_is_skipped_never_run_twice_at_once(
     for n in names:
         assert srv.max_active[n] <= 1, n
     assert srv.max_total_active == 1
+    # Every skip is counted; the log says so once per period instead of once per skip.
+    lines = [r for r in caplog.records if r.getMessage().startswith("probes skipped")]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert skipped(registry, "concurrency") > len(lines)
 
 
 async def test_concurrency_cap_holds_at_the_server(
