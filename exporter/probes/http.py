@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import aiohappyeyeballs
 import httptools
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from yarl import URL
 
 from exporter import __version__
@@ -73,6 +73,9 @@ class HttpSettings(ProbeSettings):
     max_body_bytes: int = Field(1 << 20, ge=0, le=1 << 30)
     basic_auth: BasicAuth | None = None
     bearer_token: SecretSource | None = None
+    # Headers whose values are secrets (an API key): read from env or file like the auth keys,
+    # never in logs, the status page or errors, dropped when a redirect leaves the origin.
+    secret_headers: dict[str, SecretSource] = Field(default_factory=dict)
 
     @field_validator("url")
     @classmethod
@@ -88,13 +91,32 @@ class HttpSettings(ProbeSettings):
     @classmethod
     def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
-                raise ValueError(f"{name!r} is not a valid header name")
+            _check_header_name(name)
             if any(c in text for c in "\r\n\0"):
                 raise ValueError(f"header {name!r}: value must not contain CR, LF or NUL")
-            if name.lower() in _FRAMING:
-                raise ValueError(f"header {name!r} is set by the probe (keep_alive, body)")
         return value
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _check_secret_headers(
+        cls, value: dict[str, SecretSource], info: ValidationInfo
+    ) -> dict[str, SecretSource]:
+        plain = {k.lower() for k in info.data.get("headers") or {}}
+        auth = info.data.get("basic_auth") or info.data.get("bearer_token")
+        for name in value:
+            _check_header_name(name)
+            if name.lower() in plain:
+                raise ValueError(f"header {name!r} is in both headers and secret_headers")
+            if name.lower() == "authorization" and auth:
+                raise ValueError("Authorization comes from basic_auth or bearer_token already")
+        return value
+
+
+def _check_header_name(name: str) -> None:
+    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    if name.lower() in _FRAMING:
+        raise ValueError(f"header {name!r} is set by the probe (keep_alive, body)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +126,7 @@ class Http:
     # User headers plus the defaults, without the secret one.
     headers: tuple[tuple[str, str], ...]
     auth_header: SecretStr | None
+    secret_headers: tuple[tuple[str, SecretStr], ...]
     body: bytes | None
     valid_status: frozenset[int]
     must_match: tuple[re.Pattern[bytes], ...]
@@ -157,6 +180,17 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
     except ValueError as exc:
         field = "basic_auth.password" if s.basic_auth else "bearer_token"
         raise SettingError(field, str(exc)) from None
+    secrets: list[tuple[str, SecretStr]] = []
+    for name, source in s.secret_headers.items():
+        try:
+            secret = source.resolve(base_dir)
+        except ValueError as exc:
+            raise SettingError(f"secret_headers.{name}", str(exc)) from None
+        if any(c in secret.get_secret_value() for c in "\r\n\0"):
+            raise SettingError(f"secret_headers.{name}", "must not contain CR, LF or NUL")
+        secrets.append((name, secret))
+    if auth is not None:
+        secrets.insert(0, ("Authorization", auth))
     if auth is not None and any(c in auth.get_secret_value() for c in "\r\n\0"):
         field = "basic_auth.password" if s.basic_auth else "bearer_token"
         raise SettingError(field, "must not contain CR, LF or NUL")
@@ -178,6 +212,7 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         method=s.method,
         headers=headers,
         auth_header=auth,
+        secret_headers=tuple(secrets),
         body=body,
         valid_status=frozenset(s.valid_status_codes),
         must_match=_regexes(s.body_must_match, "body_must_match"),
@@ -191,7 +226,7 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         keep_alive=s.keep_alive,
         max_body_bytes=s.max_body_bytes,
         summary=f"{s.method} {url.with_query(None)}",
-        request=_request(s.method, url, headers, auth, body, s.keep_alive),
+        request=_request(s.method, url, headers, tuple(secrets), body, s.keep_alive),
         addresses=_literal_addresses(url, family),
     )
 
@@ -200,7 +235,7 @@ def _request(
     method: str,
     url: URL,
     headers: tuple[tuple[str, str], ...],
-    auth: SecretStr | None,
+    secrets: tuple[tuple[str, SecretStr], ...],
     body: bytes | None,
     keep_alive: bool,
 ) -> bytes:
@@ -208,8 +243,7 @@ def _request(
     if not any(k.lower() == "host" for k, _ in headers):
         lines.append(f"Host: {url.host_port_subcomponent}")
     lines.extend(f"{k}: {v}" for k, v in headers)
-    if auth is not None:
-        lines.append(f"Authorization: {auth.get_secret_value()}")
+    lines.extend(f"{k}: {v.get_secret_value()}" for k, v in secrets)
     if not keep_alive:
         lines.append("Connection: close")
     if body is not None:
@@ -897,7 +931,7 @@ async def run(p: Http, ctx: ProbeContext) -> None:
     pool = await ctx.resources.shared(("http-idle",), _idle_pool) if p.keep_alive else None
     marks = _Marks()
     hop = _Hop(p.url, p.request, p.ssl, p.server_name, p.addresses)
-    method, body, headers, auth = p.method, p.body, p.headers, p.auth_header
+    method, body, headers, secrets = p.method, p.body, p.headers, p.secret_headers
     hops = 0
     loop = asyncio.get_running_loop()
     keep_body = bool(p.must_match or p.must_not_match)
@@ -921,10 +955,10 @@ async def run(p: Http, ctx: ProbeContext) -> None:
             if url.origin() != hop.url.origin():
                 # Credentials, a configured Host and TLS server name stand for the configured
                 # origin only.
-                auth, server_name = None, None
+                secrets, server_name = (), None
                 headers = tuple((k, v) for k, v in headers if k.lower() != "host")
             ssl_ctx = p.ssl if p.ssl is not None or url.scheme != "https" else _default_ssl()
-            request = _request(method, url, headers, auth, body, p.keep_alive)
+            request = _request(method, url, headers, secrets, body, p.keep_alive)
             hop = _Hop(url, request, ssl_ctx, server_name)
             marks.next_hop()
             ex = _Exchange(loop, method == "HEAD", p.max_body_bytes, keep_body)

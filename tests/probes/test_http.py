@@ -527,6 +527,33 @@ async def test_authorization_dropped_on_cross_origin_redirect(
     assert "Authorization" not in other_seen.requests[0]["headers"]
 
 
+async def test_secret_headers_from_env_and_file_stay_secret(
+    run_probe: RunProbe,
+    server: tuple[Seen, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    seen, base = server
+    monkeypatch.setenv("PROBE_API_KEY", PASSWORD)
+    (tmp_path / "tenant").write_text(TOKEN + "\n")
+    other_seen = Seen()
+    async with http_server(app_for(other_seen)) as (host, port):
+        secret_headers = {"X-Api-Key": {"env": "PROBE_API_KEY"}, "X-Tenant": {"file": "tenant"}}
+        # Same origin first, then a redirect to another origin: the secrets stay behind.
+        probe = {"kind": "http", "url": f"{base}/ok", "secret_headers": secret_headers}
+        result = await run_probe(probe)
+        assert result.success, result.message
+        away = f"{base}/redirect?to={url('http', host, port, '/ok')}"
+        result = await run_probe({**probe, "url": away})
+        assert result.success, result.message
+    assert seen.requests[0]["headers"]["X-Api-Key"] == PASSWORD
+    assert seen.requests[0]["headers"]["X-Tenant"] == TOKEN
+    assert seen.requests[1]["headers"]["X-Api-Key"] == PASSWORD
+    assert "X-Api-Key" not in other_seen.requests[0]["headers"]
+    assert "X-Tenant" not in other_seen.requests[0]["headers"]
+    assert_secret_hidden(result)
+
+
 # -- hostile targets ----------------------------------------------------------------------------
 
 
@@ -983,12 +1010,22 @@ async def test_hostile_targets_do_not_delay_others(
             '{"Content-Length": "5"}',
             "header 'Content-Length' is set by the probe (keep_alive, body)",
         ),
+        (
+            '{"X-Api-Key": "plain"}, secret_headers: {"x-api-key": {env: HOME}}',
+            "header 'x-api-key' is in both headers and secret_headers",
+        ),
+        (
+            '{}, secret_headers: {"Authorization": {env: HOME}}, bearer_token: {env: HOME}',
+            "Authorization comes from basic_auth or bearer_token already",
+        ),
     ],
-    ids=["crlf-value", "bad-name", "framing"],
+    ids=["crlf-value", "bad-name", "framing", "plain-and-secret", "two-authorizations"],
 )
 def test_bad_headers_are_config_errors(tmp_path: Path, headers: str, message: str) -> None:
     text = BASE.replace(
         'probe: {kind: http, url: "http://127.0.0.1:1/healthz"}',
         f'probe: {{kind: http, url: "http://127.0.0.1:1/healthz", headers: {headers}}}',
     )
-    assert errors(tmp_path, text) == [f"c.yml:13: services[0].targets[0].probe.headers: {message}"]
+    field = "secret_headers" if "secret_headers" in headers else "headers"
+    expected = f"c.yml:13: services[0].targets[0].probe.{field}: {message}"
+    assert errors(tmp_path, text) == [expected]
