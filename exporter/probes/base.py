@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from exporter.fields import Model
 from exporter.metrics import Reason
@@ -129,3 +129,24 @@ def handshake_rtt(sock: socket.socket, family: int) -> float | None:
     (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
     # 0: no sample (a retransmitted SYN, say); the loop's own marks stand then.
     return rtt_us / 1e6 if rtt_us else None
+
+
+# -- socket helpers shared by the probe kinds ---------------------------------------------------
+
+IpFamily = Literal["any", "ipv4", "ipv6"]
+FAMILIES: dict[str, int] = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+
+# Linux's SO_TIMESTAMPNS (the socket module lacks the name; asm-generic value): every read then
+# carries the kernel's receive time of its data as a struct timespec.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+TIMESTAMP_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+def kernel_time_ns(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The wall-clock receive time (ns) in a recvmsg's ancillary data, if the kernel gave one."""
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(value)
+            return int(sec * 1_000_000_000 + nsec)
+    return None

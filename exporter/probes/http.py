@@ -18,7 +18,6 @@ import os
 import re
 import socket
 import ssl
-import struct
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -35,16 +34,20 @@ from exporter import __version__
 from exporter.fields import Model, SecretSource, SettingError
 from exporter.metrics import TLS_NOT_AFTER, Reason
 from exporter.probes.base import (
+    FAMILIES,
+    SO_TIMESTAMPNS,
+    TIMESTAMP_CMSG_SPACE,
+    IpFamily,
     ProbeContext,
     ProbeFailure,
     ProbeKind,
     ProbeSettings,
     handshake_rtt,
+    kernel_time_ns,
     register,
 )
 from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
 
-_FAMILIES = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 _USER_AGENT = f"failover_exporter/{__version__}"
 _MAX_REDIRECTS = 10
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
@@ -68,7 +71,7 @@ class HttpSettings(ProbeSettings):
     body_must_not_match: list[str] = Field(default_factory=list)
     follow_redirects: bool = True
     tls: TlsSettings = TlsSettings()
-    ip_family: Literal["any", "ipv4", "ipv6"] = "any"
+    ip_family: IpFamily = "any"
     keep_alive: bool = False
     max_body_bytes: int = Field(1 << 20, ge=0, le=1 << 30)
     basic_auth: BasicAuth | None = None
@@ -202,7 +205,7 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         *s.headers.items(),
     )
     body = s.body.encode() if s.body is not None else None
-    family = _FAMILIES[s.ip_family]
+    family = FAMILIES[s.ip_family]
     if s.follow_redirects and url.scheme == "http":
         # Loading the CA store takes tens of milliseconds: here, off the loop, not in the
         # probe that first follows a redirect to https.
@@ -501,11 +504,6 @@ class _Exchange:
         self.done.exception()
 
 
-# Linux's SO_TIMESTAMPNS (the socket module lacks the name): each read comes with the kernel's
-# receive time of its data, struct timespec on 64-bit.
-_SO_TIMESTAMPNS = 35
-_TIMESPEC = struct.Struct("=qq")
-_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 _READ_SIZE = 65536
 _READS_PER_TURN = 4
@@ -537,17 +535,16 @@ class _Conn:
     def read(self) -> tuple[bytes, float] | None:
         """One read of what the socket holds and its kernel time; None when nothing is there."""
         try:
-            data, ancillary, _, _ = self.sock.recvmsg(_READ_SIZE, _CMSG_SPACE)
+            data, ancillary, _, _ = self.sock.recvmsg(_READ_SIZE, TIMESTAMP_CMSG_SPACE)
         except (BlockingIOError, InterruptedError):
             return None
         now = time.perf_counter()
-        for level, kind, value in ancillary:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
-                sec, nsec = _TIMESPEC.unpack_from(value)
-                at = sec + nsec * 1e-9 - self.offset
-                # Past `now` only if the wall clock stepped in between: the read's own time then.
-                return data, at if at <= now else now
-        return data, now
+        kernel_ns = kernel_time_ns(ancillary)
+        if kernel_ns is None:
+            return data, now
+        at = kernel_ns * 1e-9 - self.offset
+        # Past `now` only if the wall clock stepped in between: the read's own time then.
+        return data, at if at <= now else now
 
     async def readable(self, loop: asyncio.AbstractEventLoop) -> tuple[bytes, float]:
         while True:
@@ -791,14 +788,14 @@ async def _connect(
             reason = _os_reason(exc)
             raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}") from None
         marks.tcp = time.perf_counter()
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         marks.handshake = handshake_rtt(sock, sock.family)
         return sock
     family, _, proto, _, address = infos[0]
     # Non-blocking from socket(2) on: no separate ioctl per probe.
     sock = socket.socket(family, _NONBLOCKING_STREAM, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         marks.syn = time.perf_counter()
         err = sock.connect_ex(address)
         if err == errno.EINPROGRESS:

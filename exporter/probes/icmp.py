@@ -27,14 +27,21 @@ from pydantic import Field, field_validator
 from exporter import metrics
 from exporter.fields import Duration
 from exporter.metrics import Reason
-from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
+from exporter.probes.base import (
+    FAMILIES,
+    SO_TIMESTAMPNS,
+    IpFamily,
+    ProbeContext,
+    ProbeFailure,
+    ProbeKind,
+    ProbeSettings,
+    kernel_time_ns,
+    register,
+)
 
 log = logging.getLogger("exporter.probes.icmp")
 
-_FAMILIES = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
-
 # Linux values the socket module does not export (asm-generic: x86, arm, riscv).
-_SO_TIMESTAMPNS = 35
 _IP_MTU_DISCOVER, _IPV6_MTU_DISCOVER = 10, 23
 _PMTUDISC_DONT, _PMTUDISC_DO = 0, 2
 _IP_RECVERR, _IPV6_RECVERR = 11, 25
@@ -62,7 +69,7 @@ _MARGIN = 0.1
 class IcmpSettings(ProbeSettings):
     kind: Literal["icmp"]
     host: str
-    ip_family: Literal["any", "ipv4", "ipv6"] = "any"
+    ip_family: IpFamily = "any"
     count: int = Field(1, ge=1, le=100)
     packet_interval: Duration = 0.1
     size: int = Field(56, ge=0, le=65000)
@@ -99,7 +106,7 @@ class Icmp:
 
 
 def prepare(s: IcmpSettings, base_dir: Path) -> Icmp:
-    family = _FAMILIES[s.ip_family]
+    family = FAMILIES[s.ip_family]
     host = s.host.removeprefix("[").removesuffix("]")
     sockaddr = None
     try:
@@ -233,7 +240,7 @@ def _configure(sock: socket.socket, family: int, raw: bool, p: Icmp) -> None:
     sock.setblocking(False)
     # Kernel receive timestamps: the RTT excludes the time the reply waited for the event loop.
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     pmtu = _PMTUDISC_DO if p.dont_fragment else _PMTUDISC_DONT
     if family == socket.AF_INET:
         if p.ttl is not None:
@@ -353,13 +360,12 @@ class _Echo:
         if sent is None or seq in self.rtts:
             return
         rtt = received - sent[1]
-        for level, kind, value in ancdata:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
-                sec, nsec = struct.unpack_from("@qq", value)
-                stamped = (sec * 1_000_000_000 + nsec - sent[0]) / 1e9
-                # Wall clocks can step; the monotonic figure bounds the kernel's.
-                if 0 <= stamped <= rtt:
-                    rtt = stamped
+        kernel_ns = kernel_time_ns(ancdata)
+        if kernel_ns is not None:
+            stamped = (kernel_ns - sent[0]) / 1e9
+            # Wall clocks can step; the monotonic figure bounds the kernel's.
+            if 0 <= stamped <= rtt:
+                rtt = stamped
         self.rtts[seq] = rtt
         if not self.sending and len(self.rtts) == self.sent:
             self.wake.set()

@@ -18,6 +18,8 @@ from pydantic import Field, field_validator, model_validator
 from exporter.fields import SettingError
 from exporter.metrics import TLS_NOT_AFTER, Reason
 from exporter.probes.base import (
+    FAMILIES,
+    IpFamily,
     ProbeContext,
     ProbeFailure,
     ProbeKind,
@@ -26,8 +28,6 @@ from exporter.probes.base import (
     register,
 )
 from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
-
-_FAMILIES = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -44,7 +44,7 @@ class TcpSettings(ProbeSettings):
     tls_config: TlsSettings = TlsSettings()
     send: str | None = None
     expect: str | None = None
-    ip_family: Literal["any", "ipv4", "ipv6"] = "any"
+    ip_family: IpFamily = "any"
     max_read_bytes: int = Field(65536, ge=1, le=1 << 24)
 
     @model_validator(mode="after")
@@ -88,7 +88,7 @@ def prepare(s: TcpSettings, base_dir: Path) -> Tcp:
         server_name=s.tls_config.server_name or host,
         send=s.send.encode().decode("unicode_escape").encode("latin-1") if s.send else None,
         expect=expect,
-        family=_FAMILIES[s.ip_family],
+        family=FAMILIES[s.ip_family],
         max_read_bytes=s.max_read_bytes,
     )
 
