@@ -117,7 +117,9 @@ class TestValid:
         )
         (tmp_path / "c.yml").write_text(text)
         prepared = config.load(tmp_path / "c.yml").targets[0].prepared
-        assert prepared.auth_header.get_secret_value() == "Basic dTpmaWxlcGFzcw=="
+        assert dict(prepared.secret_headers)["Authorization"].get_secret_value() == (
+            "Basic dTpmaWxlcGFzcw=="
+        )
 
 
 # (description, config text, exact errors). Line numbers point at the offending key or value.

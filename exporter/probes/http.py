@@ -128,7 +128,7 @@ class Http:
     method: str
     # User headers plus the defaults, without the secret one.
     headers: tuple[tuple[str, str], ...]
-    auth_header: SecretStr | None
+    # Authorization (from basic_auth or bearer_token) first, then secret_headers.
     secret_headers: tuple[tuple[str, SecretStr], ...]
     body: bytes | None
     valid_status: frozenset[int]
@@ -173,6 +173,7 @@ def _literal_addresses(url: URL, family: int) -> tuple[Any, ...] | None:
 
 def prepare(s: HttpSettings, base_dir: Path) -> Http:
     auth: SecretStr | None = None
+    field = "basic_auth.password" if s.basic_auth else "bearer_token"
     try:
         if s.basic_auth is not None:
             password = s.basic_auth.password.resolve(base_dir).get_secret_value()
@@ -181,22 +182,18 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         elif s.bearer_token is not None:
             auth = SecretStr("Bearer " + s.bearer_token.resolve(base_dir).get_secret_value())
     except ValueError as exc:
-        field = "basic_auth.password" if s.basic_auth else "bearer_token"
         raise SettingError(field, str(exc)) from None
-    secrets: list[tuple[str, SecretStr]] = []
+    secrets = [("Authorization", auth, field)] if auth is not None else []
     for name, source in s.secret_headers.items():
+        field = f"secret_headers.{name}"
         try:
-            secret = source.resolve(base_dir)
+            secrets.append((name, source.resolve(base_dir), field))
         except ValueError as exc:
-            raise SettingError(f"secret_headers.{name}", str(exc)) from None
+            raise SettingError(field, str(exc)) from None
+    for _, secret, field in secrets:
         if any(c in secret.get_secret_value() for c in "\r\n\0"):
-            raise SettingError(f"secret_headers.{name}", "must not contain CR, LF or NUL")
-        secrets.append((name, secret))
-    if auth is not None:
-        secrets.insert(0, ("Authorization", auth))
-    if auth is not None and any(c in auth.get_secret_value() for c in "\r\n\0"):
-        field = "basic_auth.password" if s.basic_auth else "bearer_token"
-        raise SettingError(field, "must not contain CR, LF or NUL")
+            raise SettingError(field, "must not contain CR, LF or NUL")
+    secret_headers = tuple((name, secret) for name, secret, _ in secrets)
     url = URL(s.url)
     defaults = {"User-Agent": _USER_AGENT, "Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
     given = {k.lower() for k in s.headers}
@@ -214,8 +211,7 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         url=url,
         method=s.method,
         headers=headers,
-        auth_header=auth,
-        secret_headers=tuple(secrets),
+        secret_headers=secret_headers,
         body=body,
         valid_status=frozenset(s.valid_status_codes),
         must_match=_regexes(s.body_must_match, "body_must_match"),
@@ -229,7 +225,7 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         keep_alive=s.keep_alive,
         max_body_bytes=s.max_body_bytes,
         summary=f"{s.method} {url.with_query(None)}",
-        request=_request(s.method, url, headers, tuple(secrets), body, s.keep_alive),
+        request=_request(s.method, url, headers, secret_headers, body, s.keep_alive),
         addresses=_literal_addresses(url, family),
     )
 
@@ -428,11 +424,14 @@ class _Exchange:
             body = self._inflate(body)
             if self.done.done():
                 return
+        self._take(body)
+
+    def _take(self, body: bytes) -> None:
+        """Count (inflated) body bytes against the limit, and keep them if a regex will read."""
         self.size += len(body)
         if self.size > self.limit or self.wire_size > self.limit:
             self.fail(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({self.limit})")
-            return
-        if self.keep:
+        elif self.keep:
             self.chunks.append(body)
 
     def _inflate(self, body: bytes) -> bytes:
@@ -486,12 +485,9 @@ class _Exchange:
             except zlib.error as exc:
                 self.fail(Reason.PROTOCOL, f"invalid compressed body: {exc}")
                 return
-            self.size += len(tail)
-            if self.size > self.limit:
-                self.fail(Reason.BODY_TOO_LARGE, f"body exceeds max_body_bytes ({self.limit})")
+            self._take(tail)
+            if self.done.done():
                 return
-            if self.keep:
-                self.chunks.append(tail)
         self.complete = True
         self.done.set_result(None)
 
@@ -711,38 +707,49 @@ class _Idle:
     def __init__(self) -> None:
         # Oldest first in each list.
         self._conns: dict[Any, list[tuple[float, _Conn]]] = {}
+        self._count = 0
+        self._swept = time.monotonic()
 
     def take(self, key: Any) -> _Conn | None:
-        self._expire(time.monotonic() - _IDLE_SECONDS)
         conns = self._conns.get(key)
+        cutoff = time.monotonic() - _IDLE_SECONDS
         while conns:
-            _, conn = conns.pop()
-            if conn.idle_and_open():
+            since, conn = conns.pop()
+            self._count -= 1
+            if since >= cutoff and conn.idle_and_open():
                 return conn
             conn.close()
         return None
 
     def put(self, key: Any, conn: _Conn) -> None:
         now = time.monotonic()
-        self._conns.setdefault(key, []).append((now, conn))
-        self._expire(now - _IDLE_SECONDS)
+        conns = self._conns.setdefault(key, [])
+        conns.append((now, conn))
+        self._count += 1
+        if len(conns) > _IDLE_PER_KEY:
+            conns.pop(0)[1].close()
+            self._count -= 1
+        # The whole pool is swept at most once a second (or when over its cap), not on every
+        # probe: keep-alive probes put a connection back each time.
+        if self._count > _IDLE_MAX or now - self._swept >= 1.0:
+            self._sweep(now)
 
-    def _expire(self, cutoff: float) -> None:
-        """Close what idled too long, beyond two per key, or beyond the total (oldest first)."""
-        total = 0
+    def _sweep(self, now: float) -> None:
+        """Close what idled too long, then the oldest beyond the total."""
+        self._swept = now
+        cutoff = now - _IDLE_SECONDS
         for key in list(self._conns):
             conns = self._conns[key]
-            while conns and (conns[0][0] < cutoff or len(conns) > _IDLE_PER_KEY):
+            while conns and conns[0][0] < cutoff:
                 conns.pop(0)[1].close()
-            if conns:
-                total += len(conns)
-            else:
+                self._count -= 1
+            if not conns:
                 del self._conns[key]
-        while total > _IDLE_MAX:
+        while self._count > _IDLE_MAX:
             oldest = min(self._conns, key=lambda k: self._conns[k][0][0])
             conns = self._conns[oldest]
             conns.pop(0)[1].close()
-            total -= 1
+            self._count -= 1
             if not conns:
                 del self._conns[oldest]
 
@@ -751,6 +758,7 @@ class _Idle:
             for _, conn in conns:
                 conn.close()
         self._conns.clear()
+        self._count = 0
 
 
 @asynccontextmanager
