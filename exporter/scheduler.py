@@ -97,13 +97,14 @@ class _Run:
 
     __slots__ = ("fire", "handle", "slot", "stopped", "target", "task")
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, fire: Callable[[_Run], None]) -> None:
         self.target = target
         self.slot = 0.0
         self.handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
-        self.fire: Callable[[], None] = lambda: None
+        # Built once: call_at gets the same callable every interval.
+        self.fire = functools.partial(fire, self)
 
     @property
     def active(self) -> bool:
@@ -223,8 +224,7 @@ class Scheduler:
 
     def _start(self, target: Target) -> _Run:
         loop = asyncio.get_running_loop()
-        run = _Run(target)
-        run.fire = functools.partial(self._fire, run)
+        run = _Run(target, self._fire)
         offset = phase_offset(target)
         run.slot = offset + math.ceil((loop.time() - offset) / target.interval) * target.interval
         run.handle = loop.call_at(run.slot, run.fire, context=self._context)
