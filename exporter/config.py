@@ -260,12 +260,7 @@ class Source:
 
     def _next(self, loader: Any, loc: Loc) -> Any:
         event = loader.get_event()
-        self._values += 1
-        if len(loc) > MAX_DEPTH:
-            raise _error(event.start_mark, _TOO_DEEP)
-        if self._values > MAX_VALUES:
-            raise _error(event.start_mark, _TOO_MANY)
-        self.lines.setdefault(loc, event.start_mark.line + 1)
+        self._enter(event.start_mark, loc)
         if isinstance(event, yaml.MappingStartEvent):
             out: dict[Any, Any] = {}
             while not loader.check_event(yaml.MappingEndEvent):
@@ -294,18 +289,22 @@ class Source:
             return items
         return self._share(_scalar(loader, event))
 
+    def _enter(self, mark: Any, loc: Loc) -> None:
+        """Count one value (bounded depth and number) and note its line; both readers do this."""
+        self._values += 1
+        if len(loc) > MAX_DEPTH:
+            raise _error(mark, _TOO_DEEP)
+        if self._values > MAX_VALUES:
+            raise _error(mark, _TOO_MANY)
+        self.lines.setdefault(loc, mark.line + 1)
+
     def _share(self, value: Any) -> Any:
         if type(value) is str:
             return self._strings.setdefault(value, value)
         return value
 
     def _convert(self, loader: Any, node: yaml.Node, loc: Loc) -> Any:
-        self._values += 1
-        if len(loc) > MAX_DEPTH:
-            raise _error(node.start_mark, _TOO_DEEP)
-        if self._values > MAX_VALUES:
-            raise _error(node.start_mark, _TOO_MANY)
-        self.lines.setdefault(loc, node.start_mark.line + 1)
+        self._enter(node.start_mark, loc)
         if isinstance(node, yaml.MappingNode):
             loader.flatten_mapping(node)
             out: dict[Any, Any] = {}
