@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import http.server
-import json
 import os
 import re
 import signal
@@ -34,6 +33,7 @@ from hypothesis import strategies as st
 
 from exporter import config, webconfig
 from exporter.config import Config, ConfigError
+from tests.tools import listening_port
 
 FUZZ = settings(
     max_examples=150,
@@ -404,16 +404,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        port = None
-        for _ in range(300):
-            for line in log.read_text().splitlines():
-                with contextlib.suppress(ValueError):
-                    entry = json.loads(line)
-                    if entry.get("msg") == "listening":
-                        port = int(entry["address"].rsplit(":", 1)[1])
-            if port is not None or proc.poll() is not None:
-                break
-            time.sleep(0.05)
+        port = listening_port(proc, log)
         assert port is not None, log.read_text()
         yield Exporter(port, sentinel, log)
         assert proc.poll() is None, "the exporter died:\n" + log.read_text()

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -31,7 +30,7 @@ from exporter.config import ConfigError
 from exporter.engine import Engine
 from exporter.webconfig import BasicAuth, WebConfig
 from tests.conftest import MakeConfig, one_service
-from tests.tools import need
+from tests.tools import listening_port, need
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "web-config"
 PASSWORD = "s3cret-Pässword"
@@ -522,16 +521,7 @@ def exporter_process(
             env=env,
         )
     try:
-        port = None
-        for _ in range(300):
-            for line in log_path.read_text().splitlines():
-                with contextlib.suppress(ValueError):
-                    entry = json.loads(line)
-                    if entry.get("msg") == "listening":
-                        port = int(entry["address"].rsplit(":", 1)[1])
-            if port is not None or proc.poll() is not None:
-                break
-            time.sleep(0.05)
+        port = listening_port(proc, log_path)
         assert port is not None, log_path.read_text()
         yield proc, port
     finally:

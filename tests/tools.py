@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +30,18 @@ def need(binary: str) -> str:
         missing(f"{binary} not found on PATH")
     assert path is not None
     return path
+
+
+def listening_port(proc: subprocess.Popen[bytes], log_path: Path) -> int | None:
+    """The port a `failover-exporter` started with `--log.format json` bound, read from its
+    "listening" log line; None if it exited first or gave no such line within 15 s."""
+    for _ in range(300):
+        for line in log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("msg") == "listening":
+                    return int(entry["address"].rsplit(":", 1)[1])
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.05)
+    return None
