@@ -456,17 +456,21 @@ def _semantic_issues(src: Source) -> Iterator[ConfigIssue]:
     service_names: set[str] = set()
     for s, service in _items(data, "services"):
         sloc: Loc = ("services", s)
-        if _str(service, "name") in service_names:
-            yield src.issue((*sloc, "name"), f"service name {service['name']!r} is already used")
-        service_names.add(str(service.get("name")))
+        name = _str(service, "name")
+        if name is not None and name in service_names:
+            yield src.issue((*sloc, "name"), f"service name {name!r} is already used")
+        if name is not None:
+            service_names.add(name)
         regions: dict[str | None, int] = {}
         priorities: dict[int, Any] = {}
         primaries = []
         for r, region in _items(service, "regions"):
             rloc: Loc = (*sloc, "regions", r)
-            if _str(region, "name") in regions:
-                yield src.issue((*rloc, "name"), f"region name {region['name']!r} is already used")
-            regions[_str(region, "name")] = r
+            name = _str(region, "name")
+            # A region without a name is the schema's to report, not a duplicate.
+            if name is not None and name in regions:
+                yield src.issue((*rloc, "name"), f"region name {name!r} is already used")
+            regions[name] = r
             if region.get("role") == "primary":
                 primaries.append(r)
             prio = region.get("priority")
@@ -485,11 +489,12 @@ def _semantic_issues(src: Source) -> Iterator[ConfigIssue]:
             )
         images: set[str | None] = set()
         for i, image in _items(service, "images"):
-            if _str(image, "name") in images:
+            name = _str(image, "name")
+            if name is not None and name in images:
                 yield src.issue(
-                    (*sloc, "images", i, "name"), f"image name {image['name']!r} is already used"
+                    (*sloc, "images", i, "name"), f"image name {name!r} is already used"
                 )
-            images.add(_str(image, "name"))
+            images.add(name)
         for t, target in _items(service, "targets"):
             tloc: Loc = (*sloc, "targets", t)
             yield from check_target(tloc, target)

@@ -204,6 +204,18 @@ def test_lone_surrogate_is_a_config_error() -> None:
     assert [str(i) for i in info.value.issues] == [f"{FILE}:2: invalid character U+D800"]
 
 
+@pytest.mark.parametrize("section", ["regions", "images"])
+def test_two_unnamed_entries_are_schema_errors_not_a_crash(section: str) -> None:
+    """Found by test_mutated_valid_config: the duplicate-name check looked up a missing name."""
+    doc = copy.deepcopy(SEED)
+    doc["services"][0][section] = [{}, {}]
+    # A ConfigError whose issues all name their place (check_parse asserts that), not a crash.
+    assert check_parse(dump(doc)) is None
+    with pytest.raises(ConfigError) as info:
+        config.parse(dump(doc), FILE, Path("/nonexistent"))
+    assert not any("already used" in i.message for i in info.value.issues)
+
+
 @FUZZ
 @given(data=st.data())
 def test_damaged_text(data: st.DataObject) -> None:
@@ -540,7 +552,8 @@ def hostile_targets(sentinel_port: int) -> st.SearchStrategy[str]:
                 ".*",
             ]
         ),
-        any_text,
+        # Encodable: these become query parameters, and a lone surrogate cannot (urlencode raises).
+        utf8_text,
     )
 
 
