@@ -148,13 +148,16 @@ def not_after(cert: trustme.LeafCert) -> float:
 
 @contextlib.asynccontextmanager
 async def http_server(
-    app: web.Application, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    host: str = "127.0.0.1",
+    ssl_context: ssl.SSLContext | None = None,
+    port: int = 0,
 ) -> AsyncIterator[tuple[str, int]]:
-    """A real aiohttp server on host:<free port>, plain or TLS."""
+    """A real aiohttp server on host:port (by default a free one), plain or TLS."""
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, 0, ssl_context=ssl_context)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         port = runner.addresses[0][1]
         yield host, port

@@ -847,19 +847,25 @@ async def test_ipv4_family_with_name(run_probe: RunProbe, server: tuple[Seen, st
     assert seen.requests[0]["peer"][0] == "127.0.0.1"
 
 
-async def test_ipv6_family_never_uses_ipv4(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
+async def test_ipv6_family_never_uses_ipv4(run_probe: RunProbe) -> None:
     ipv6_loopback()
-    seen, base = server
-    port = int(base.rsplit(":", 1)[1])
-    # Hold ::1 at the same port, not listening: if the name has an IPv6 address the probe gets
-    # "refused" there; if not, it fails at DNS. It must never reach the IPv4 server.
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("::1", port))
-        except OSError:
-            pytest.skip(f"[::1]:{port} is taken by another process")
-        target = f"http://localhost:{port}/ok"
-        result = await run_probe({"kind": "http", "url": target, "ip_family": "ipv6"})
+    seen = Seen()
+    # Hold ::1 at a port, not listening, and serve IPv4 on the same port: if the name has an
+    # IPv6 address the probe gets "refused" there; if not, it fails at DNS. It must never reach
+    # the IPv4 server. (The IPv6 side is taken first, so no other process can hold it.)
+    for _ in range(5):
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as holder:
+            holder.bind(("::1", 0))
+            port = holder.getsockname()[1]
+            try:
+                async with http_server(app_for(seen), port=port):
+                    target = f"http://localhost:{port}/ok"
+                    result = await run_probe({"kind": "http", "url": target, "ip_family": "ipv6"})
+                break
+            except OSError:
+                continue  # 127.0.0.1 at that port is someone else's: try another port
+    else:
+        pytest.fail("no port free on both ::1 and 127.0.0.1 in 5 tries")
     assert result.reason in ("dns", "connect"), result.message
     assert seen.requests == []
 
