@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# `make demo` needs only the runtime dependencies, not the test toolchain: its own stamp.
+RUNTIME_STAMP := $(VENV)/.runtime-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_WORKERS ?= 2
 LISTEN ?= :10077
 
@@ -13,7 +15,13 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-demo: $(STAMP)
+$(RUNTIME_STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	@rm -f $(VENV)/.runtime-*
+	@touch $@
+
+demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/failover-exporter demo --web.listen-address $(LISTEN) $(if $(OUTAGE),--outage-after $(OUTAGE))
 
 system-deps:

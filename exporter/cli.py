@@ -19,6 +19,7 @@ from exporter import log as logsetup
 from exporter.app import make_app
 from exporter.config import Config, ConfigError
 from exporter.engine import Engine
+from exporter.fields import split_host_port
 from exporter.webconfig import WebConfig
 
 DEFAULT_LISTEN = ":10077"
@@ -187,10 +188,12 @@ def _drill_parser(p: argparse.ArgumentParser) -> None:
 
 
 def parse_listen(address: str) -> tuple[str | None, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+    try:
+        host, port = split_host_port(address, empty_host=True)
+    except ValueError as exc:
+        raise ValueError(f"invalid --web.listen-address {address!r}: {exc}") from None
+    if not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"invalid --web.listen-address {address!r}: use HOST:PORT or :PORT")
-    host = host.removeprefix("[").removesuffix("]")
     return (host or None), int(port)
 
 

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ValidationError
 
 from exporter import schema
 from exporter.docker_images import DockerSettings, RunSettings
-from exporter.fields import SettingError, collect_secrets, format_duration, parse_duration
+from exporter.fields import (
+    NO_SECRETS,
+    Scrubber,
+    SettingError,
+    collect_secrets,
+    format_duration,
+    parse_duration,
+)
 from exporter.metrics import Role
 from exporter.probes import REGISTRY
 
@@ -32,9 +39,12 @@ class ConfigIssue:
     line: int | None
     path: str
     message: str
+    column: int | None = None
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.line and self.column:
+            where += f":{self.column}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
@@ -53,11 +63,28 @@ class ConfigError(Exception):
 def read_text(path: Path, what: str = "config") -> str:
     """A config file's text, or a ConfigError saying why it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        data = path.read_bytes()
+    except OSError as exc:
         raise ConfigError(
-            [ConfigIssue(str(path), None, "", f"cannot read {what}: {reason}")]
+            [ConfigIssue(str(path), None, "", f"cannot read {what}: {exc.strerror}")]
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Where the first bad byte is, so an editor can go there; the byte itself may be binary.
+        line = data.count(b"\n", 0, exc.start) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        column = len(data[start : exc.start].decode("utf-8", "replace")) + 1
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    str(path),
+                    line,
+                    "",
+                    f"cannot read {what}: not UTF-8 text (byte 0x{data[exc.start]:02x})",
+                    column,
+                )
+            ]
         ) from None
 
 
@@ -82,6 +109,8 @@ class Target:
     # Digest of the secrets `prepared` holds: a reload after a rotated password or token file
     # restarts the target with the new secret. Never the secret itself.
     secrets: str = dataclasses.field(default="", repr=False)
+    # Removes those secrets from whatever the target sends back before any output shows it.
+    scrub: Scrubber = dataclasses.field(default=NO_SECRETS, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -655,6 +684,7 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
             timeout=t.timeout or d.timeout,
             bound=binding if bind is not None else None,
             secrets=secrets.digest(),
+            scrub=secrets.scrubber(),
             **labels,
         )
         sharing.fields(target)

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 from yarl import URL
 
 from exporter import metrics
-from exporter.fields import Duration, Model
+from exporter.fields import Duration, FileName, Model, split_host_port
 from exporter.resources import Resources
 
 if TYPE_CHECKING:
@@ -45,9 +45,9 @@ NAME_PREFIX = "failover-exporter-"
 
 
 class DockerTls(Model):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: FileName | None = None
+    cert_file: FileName | None = None
+    key_file: FileName | None = None
     verify: bool = True
 
     @model_validator(mode="after")
@@ -76,6 +76,8 @@ class DockerSettings(Model):
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str) -> str:
+        if value.startswith("tcp://"):
+            split_host_port(value[6:].partition("/")[0].rpartition("@")[2])
         url = URL(value)
         if url.scheme == "unix":
             if not url.path or url.path == "/":

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import hashlib
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote, quote_plus
 
 from pydantic import (
     AfterValidator,
@@ -80,11 +82,80 @@ def _check_name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_check_name)]
 
 
+IPV6_HINT = "write an IPv6 address in brackets: [2001:db8::1]:port"
+
+
+def split_host_port(address: str, *, empty_host: bool = False) -> tuple[str, str]:
+    """(host, port text) of HOST:PORT; an unbracketed IPv6 address is refused, never split.
+
+    Splitting `2001:db8::1` at its last colon would probe host `2001:db8:` on port 1.
+    """
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]")
+        if not sep or (port and not port.startswith(":")):
+            raise ValueError(f"must be [addr]:port ({IPV6_HINT})")
+        port = port[1:]
+        sep = ":" if port else ""
+    else:
+        host, sep, port = address.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"an unbracketed IPv6 address is ambiguous; {IPV6_HINT}")
+    if not sep or (not host and not empty_host):
+        raise ValueError(f"must be host:port ({IPV6_HINT})")
+    return host, port
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NOT_SHOWN = "the value is not shown: it looks like a secret, not a name"
+
+
+def _looks_secret(text: str) -> bool:
+    """A DSN/URL with credentials, a PEM block, a JWT, or a token-like run of random characters."""
+    if "-----BEGIN" in text or text.startswith("eyJ"):
+        return True
+    if "://" in text and "@" in text.partition("://")[2].partition("/")[0]:
+        return True
+    for word in re.split(r"[/\\.\s]", text):
+        if len(word) < 16:
+            continue
+        classes = sum(any(f(c) for c in word) for f in (str.islower, str.isupper, str.isdigit))
+        counts = {c: word.count(c) for c in set(word)}
+        entropy = -sum(n / len(word) * math.log2(n / len(word)) for n in counts.values())
+        # Env names and file names are words in one case; API keys mix all three classes.
+        if (
+            classes == 3
+            or entropy >= 4.2
+            or (classes == 2 and word.isalnum() and len(word) >= 20 and entropy >= 3.0)
+        ):
+            return True
+    return False
+
+
+def _check_env_name(value: str) -> str:
+    if _looks_secret(value):
+        raise ValueError(f"must name an environment variable; {_NOT_SHOWN}")
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError("must be an environment variable name (letters, digits and _)")
+    return value
+
+
+def _check_file_name(value: Any) -> Any:
+    if isinstance(value, str) and _looks_secret(value):
+        raise ValueError(f"must be a file path; {_NOT_SHOWN}")
+    return value
+
+
+# Where a secret's *name* belongs: a secret pasted there instead would be echoed by every
+# "not set" or "cannot read" message, so such values are refused without quoting them.
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+FileName = Annotated[Path, BeforeValidator(_check_file_name)]
+
+
 class SecretSource(Model):
     """A secret read from an environment variable or a file, never written inline."""
 
-    env: str | None = None
-    file: Path | None = None
+    env: EnvName | None = None
+    file: FileName | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretSource:
@@ -120,35 +191,104 @@ class SettingError(ValueError):
         self.message = message
 
 
-class _SecretDigest:
+class Scrubber:
+    """Removes a target's secret values, and their common encodings, from text it sends out.
+
+    Whatever a target sends back (a redirect Location, a reason phrase, a body snippet, a server
+    error) may echo a credential it received; every output surface (debug lines, /probe, the
+    status page, logs) shows probe text only after passing it through the target's scrubber.
+    Kinds register derived values (an Authorization header, a DSN's password) with
+    `register_secret`; `SecretSource.resolve` registers what it reads.
+    """
+
+    __slots__ = ("_pattern",)
+
+    # Shorter values would match ordinary text ("on", "1") and blank out the debug output.
+    MIN_LENGTH = 4
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        variants: set[str] = set()
+        for secret in secrets:
+            for form in _encodings(secret):
+                if len(form) >= self.MIN_LENGTH:
+                    variants.add(form)
+        # Longest first, so a secret that contains another is replaced whole.
+        alternatives = sorted(variants, key=len, reverse=True)
+        self._pattern = (
+            re.compile("|".join(re.escape(v) for v in alternatives), re.IGNORECASE)
+            if alternatives
+            else None
+        )
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None or not text:
+            return text
+        return self._pattern.sub("***", text)
+
+
+NO_SECRETS = Scrubber()
+
+
+def _encodings(secret: str) -> Iterator[str]:
+    """The forms a reflected secret commonly takes: as is, percent-encoded, base64."""
+    yield secret
+    yield quote(secret, safe="")
+    yield quote_plus(secret, safe="")
+    yield quote(secret)
+    raw = secret.encode()
+    for b64 in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+        text = b64.decode()
+        yield text
+        yield text.rstrip("=")
+
+
+class _SecretSet:
+    """The secrets a target's prepare step resolved: a digest for reloads, a scrubber for output."""
+
     def __init__(self) -> None:
         self._hash = hashlib.blake2b(digest_size=16)
-        self._used = False
+        self._values: list[str] = []
 
-    def add(self, secret: SecretStr) -> None:
-        self._hash.update(secret.get_secret_value().encode() + b"\0")
-        self._used = True
+    def add(self, secret: str) -> None:
+        self._hash.update(secret.encode() + b"\0")
+        self._values.append(secret)
 
     def digest(self) -> str:
-        return self._hash.hexdigest() if self._used else ""
+        return self._hash.hexdigest() if self._values else ""
+
+    def scrubber(self) -> Scrubber:
+        # One shared empty scrubber: most targets send no secret, and fleets have thousands.
+        return Scrubber(self._values) if self._values else NO_SECRETS
 
 
-_COLLECTOR: contextvars.ContextVar[_SecretDigest | None] = contextvars.ContextVar(
+_COLLECTOR: contextvars.ContextVar[_SecretSet | None] = contextvars.ContextVar(
     "secret_collector", default=None
 )
 
 
-def _collected(secret: SecretStr) -> SecretStr:
+def register_secret(value: str) -> None:
+    """Add a value derived from a secret (a header, a DSN password) to the target being prepared.
+
+    Each kind that sends secrets registers what it sends, so the shared scrubber removes it from
+    everything the target reflects. Outside a config load (no collector) this does nothing.
+    """
     collector = _COLLECTOR.get()
-    if collector is not None:
-        collector.add(secret)
+    if collector is not None and value:
+        collector.add(value)
+
+
+def _collected(secret: SecretStr) -> SecretStr:
+    register_secret(secret.get_secret_value())
     return secret
 
 
 @contextlib.contextmanager
-def collect_secrets() -> Iterator[_SecretDigest]:
+def collect_secrets() -> Iterator[_SecretSet]:
     """Digest every secret resolved inside the block (so a reload can see a rotated secret)."""
-    collector = _SecretDigest()
+    collector = _SecretSet()
     token = _COLLECTOR.set(collector)
     try:
         yield collector

@@ -13,10 +13,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+def rfc3339(ts: float) -> str:
+    """UTC with millisecond precision and the zone, as Prometheus' own logs write times."""
+    millis = int(ts * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{millis:03d}Z"
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        + f".{int(record.msecs):03d}Z",
+        "ts": rfc3339(record.created),
         "level": record.levelname.lower(),
         "logger": record.name,
         "msg": record.getMessage(),

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import time
+import traceback
 from collections.abc import Callable
 
 from exporter.config import Config, Target
@@ -243,7 +244,9 @@ class Scheduler:
             raise
         except Exception:
             # A bug here must not end the target's schedule: log it and keep probing.
-            log.exception("scheduled run failed", extra={"target": target.name})
+            log.exception(
+                "scheduled run failed", extra={"target": target.name, "vantage": target.vantage}
+            )
         run.task = None
         if run.stopped:
             return
@@ -328,10 +331,18 @@ class Scheduler:
         except TimeoutError:
             reason = Reason.TIMEOUT.value
             message = f"no result within the timeout ({target.timeout:g}s)"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bug in a kind is a reason, logged
             reason = Reason.ERROR.value
             message = f"internal error: {type(exc).__name__}"
-            log.exception("probe raised", extra={"target": target.name})
+            # The traceback quotes the exception, which may quote what the target sent.
+            log.error(
+                "probe raised",
+                extra={
+                    "target": target.name,
+                    "vantage": target.vantage,
+                    "exc": target.scrub(traceback.format_exc()),
+                },
+            )
         finally:
             duration = time.perf_counter() - t0
             self._in_flight -= 1
@@ -341,6 +352,11 @@ class Scheduler:
                 duration = ctx.duration
         else:
             ctx.log(f"failed ({reason}): {message}")
+        scrub = target.scrub
+        if scrub:
+            # The one place probe text leaves the probe: a target may reflect what it was sent.
+            message = scrub(message)
+            ctx.debug[:] = [scrub(line) for line in ctx.debug]
         return Result(
             target=target,
             started=started,
@@ -365,12 +381,16 @@ class Scheduler:
                 "target failing",
                 extra={
                     "target": result.target.name,
+                    "vantage": result.target.vantage,
                     "reason": result.reason,
                     "error": result.message,
                 },
             )
         elif not was_ok and result.success:
-            log.info("target recovered", extra={"target": result.target.name})
+            log.info(
+                "target recovered",
+                extra={"target": result.target.name, "vantage": result.target.vantage},
+            )
 
     # -- self-measurement ------------------------------------------------------------------
 

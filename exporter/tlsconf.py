@@ -10,14 +10,14 @@ from typing import Any
 
 from cryptography import x509
 
-from exporter.fields import Model, SettingError
+from exporter.fields import FileName, Model, SettingError
 
 
 class TlsSettings(Model):
     verify: bool = True
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: FileName | None = None
+    cert_file: FileName | None = None
+    key_file: FileName | None = None
     server_name: str | None = None
     min_version: str | None = None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from exporter.fields import Model
+from exporter.log import rfc3339
 from exporter.metrics import Reason
 from exporter.resources import Resources
 
@@ -63,7 +64,7 @@ class ProbeContext:
         self.observations: list[tuple[str, float]] = []
 
     def log(self, message: str) -> None:
-        self.debug.append(f"{time.time():.3f} {message}")
+        self.debug.append(f"{rfc3339(time.time())} {message}")
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

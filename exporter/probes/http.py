@@ -31,7 +31,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from yarl import URL
 
 from exporter import __version__
-from exporter.fields import Model, SecretSource, SettingError
+from exporter.fields import Model, SecretSource, SettingError, register_secret
 from exporter.metrics import TLS_NOT_AFTER, Reason
 from exporter.probes.base import (
     FAMILIES,
@@ -179,6 +179,7 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
             password = s.basic_auth.password.resolve(base_dir).get_secret_value()
             pair = f"{s.basic_auth.username}:{password}".encode()
             auth = SecretStr("Basic " + base64.b64encode(pair).decode())
+            register_secret(pair.decode())  # a target may echo user:pass or its base64
         elif s.bearer_token is not None:
             auth = SecretStr("Bearer " + s.bearer_token.resolve(base_dir).get_secret_value())
     except ValueError as exc:

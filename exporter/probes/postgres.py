@@ -26,7 +26,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 from pydantic import PrivateAttr, SecretStr, model_validator
 
-from exporter.fields import Duration, SecretSource, SettingError, format_duration
+from exporter.fields import (
+    IPV6_HINT,
+    Duration,
+    EnvName,
+    FileName,
+    SecretSource,
+    SettingError,
+    format_duration,
+    register_secret,
+)
 from exporter.metrics import POSTGRES_IN_RECOVERY, POSTGRES_LAG, POSTGRES_REPLAY_LAG, Reason
 from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
 from exporter.tlsconf import TlsSettings, client_context
@@ -41,8 +50,8 @@ class PostgresSettings(ProbeSettings):
     kind: Literal["postgres"]
     # The DSN (postgres://user:password@host:port/db?sslmode=…) holds the password, so it is
     # only ever read from the environment or a file.
-    dsn_env: str | None = None
-    dsn_file: Path | None = None
+    dsn_env: EnvName | None = None
+    dsn_file: FileName | None = None
     heartbeat_table: str = "failover_heartbeat"
     write_heartbeat: bool = True
     read_query: str | None = None
@@ -123,6 +132,8 @@ def parse_dsn(dsn: str) -> tuple[str, list[str]]:
         raise ValueError("DSN: percent-encode '@' in the user name or password (%40)")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     for host in hosts.split(","):
+        if host.count(":") > 1 and not host.startswith("["):
+            raise ValueError(f"DSN: an unbracketed IPv6 host is ambiguous; {IPV6_HINT}")
         tail = host.rpartition("]")[2] if host.startswith("[") else host
         port = tail.rpartition(":")[2] if ":" in tail else "5432"
         if not port.isdigit() or not 0 < int(port) < 65536:
@@ -150,7 +161,9 @@ def prepare(s: PostgresSettings, base_dir: Path) -> Postgres:
     except OSError as exc:
         raise SettingError(field, f"cannot read DSN file: {exc.strerror}") from None
     # The status page shows host:port/db only; computed here because describe() gets settings.
-    s._summary = parse_dsn(dsn.value.get_secret_value())[0]
+    s._summary, secrets = parse_dsn(dsn.value.get_secret_value())
+    for secret in secrets:
+        register_secret(secret)
     return Postgres(
         dsn=dsn,
         table=_quote_table(s.heartbeat_table),

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from exporter.fields import SettingError
+from exporter.fields import SettingError, split_host_port
 from exporter.metrics import TLS_NOT_AFTER, Reason
 from exporter.probes.base import (
     FAMILIES,
@@ -31,10 +31,10 @@ from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
 
 
 def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be host:port (IPv6 as [::1]:port)")
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    host, port = split_host_port(address)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port with a port from 1 to 65535 (IPv6 as [::1]:port)")
+    return host, int(port)
 
 
 class TcpSettings(ProbeSettings):
