@@ -369,3 +369,114 @@ def test_equal_immutable_values_are_shared_across_targets(tmp_path: Path) -> Non
     assert a.prepared.request != b.prepared.request
     # What a reload compares is unchanged: the same file loads to equal targets.
     assert config.load(tmp_path / "c.yml").targets[1:] == (a, b)
+
+
+# -- hardening: addresses, secret-looking names, encodings ---------------------------------
+
+IPV6_PROBES = {
+    "tcp": "{kind: tcp, address: '2001:db8::1:443'}",
+    "tcp-loopback": "{kind: tcp, address: '::1:5432'}",
+    "tcp-bare": "{kind: tcp, address: '::1'}",
+    "postgres": "{kind: postgres, dsn_env: HARDENING_IPV6_DSN}",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(IPV6_PROBES))
+def test_unbracketed_ipv6_is_refused_with_the_bracket_hint(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HARDENING_IPV6_DSN", "postgresql://u@2001:db8::1:5432/db")
+    text = BASE + "      - name: v6\n        region: eu\n        image: slim\n"
+    text += f"        probe: {IPV6_PROBES[kind]}\n"
+    [issue] = errors(tmp_path, text)
+    assert issue.startswith("c.yml:17: services[0].targets[1].probe")
+    assert "[2001:db8::1]:port" in issue
+
+
+def test_bracketed_ipv6_is_split_right() -> None:
+    from exporter.probes.tcp import split_address
+
+    assert split_address("[2001:db8::1]:443") == ("2001:db8::1", 443)
+    assert split_address("[::1]:1") == ("::1", 1)
+
+
+def test_unbracketed_ipv6_docker_endpoint_and_listen_address(tmp_path: Path) -> None:
+    from exporter.cli import parse_listen
+
+    text = BASE.replace(
+        "{name: us, role: standby, priority: 2}",
+        "{name: us, role: standby, priority: 2, docker: {host: 'tcp://2001:db8::5:2376'}}",
+    )
+    [issue] = errors(tmp_path, text)
+    assert "services[0].regions[1].docker.host" in issue
+    assert "[2001:db8::1]:port" in issue
+    with pytest.raises(ValueError, match=r"\[2001:db8::1\]:port"):
+        parse_listen("::1:10077")
+    assert parse_listen("[::1]:10077") == ("::1", 10077)
+    assert parse_listen(":10077") == (None, 10077)
+
+
+SECRET_NAMES = [
+    ("dsn_env", "postgresql://probe:hunter22@db.internal:5432/shop"),
+    ("dsn_env", "ghp_16C7e42F292c6912E7710c838347Ae178B4a"),
+    ("dsn_file", "postgres://probe:hunter22@db/shop"),
+    ("dsn_file", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), SECRET_NAMES)
+def test_a_secret_written_as_a_name_is_refused_unquoted(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    text = BASE + "      - name: pg\n        region: eu\n        image: slim\n"
+    text += f"        probe: {{kind: postgres, {field}: '{value}'}}\n"
+    [issue] = errors(tmp_path, text)
+    assert f"services[0].targets[1].probe.{field}" in issue
+    assert "looks like a secret" in issue
+    assert "hunter22" not in issue
+    assert value not in issue
+    assert value[8:20] not in issue
+
+
+def test_secret_names_in_http_and_tls_fields(tmp_path: Path) -> None:
+    token = "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy"
+    text = BASE.replace(
+        'url: "http://127.0.0.1:1/healthz"}',
+        f'url: "http://127.0.0.1:1/healthz", bearer_token: {{env: "{token}"}},'
+        f' tls: {{ca_file: "{token}"}}}}',
+    )
+    issues = errors(tmp_path, text)
+    assert len(issues) == 2, issues
+    assert all("looks like a secret" in i and token not in i for i in issues)
+
+
+def test_ordinary_names_are_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_PROBE_TOKEN_EU_WEST_2", "x")
+    text = BASE.replace(
+        'url: "http://127.0.0.1:1/healthz"}',
+        'url: "http://127.0.0.1:1/healthz", bearer_token: {env: SHOP_PROBE_TOKEN_EU_WEST_2}}',
+    )
+    path = tmp_path / "c.yml"
+    path.write_text(text)
+    assert config.load(path).targets
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b"vantage: eu\nservices:\n  - name: sh\xffop\n", "c.yml:3:13"),
+        (b"\xfe", "c.yml:1:1"),
+        # Column counts characters, not bytes: the multi-byte é before the bad byte is one.
+        ("vantage: é".encode() + b"\x80\n", "c.yml:1:11"),
+        (b"a: 1\r\nb: \xc3\x28\n", "c.yml:2:4"),
+    ],
+)
+def test_non_utf8_config_names_line_and_column(tmp_path: Path, data: bytes, where: str) -> None:
+    path = tmp_path / "c.yml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    [issue] = info.value.issues
+    assert (
+        str(issue).replace(str(path), "c.yml").startswith(f"{where}: cannot read config: not UTF-8")
+    )

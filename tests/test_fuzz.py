@@ -235,6 +235,113 @@ def test_damaged_text(data: st.DataObject) -> None:
     check_parse(text)
 
 
+# -- generated classes the hardening issue found by hand ------------------------------------
+
+ipv6 = st.ip_addresses(v=6).map(str).filter(lambda a: a.count(":") >= 2)
+ports = st.integers(1, 65535)
+
+
+@FUZZ
+@given(address=ipv6, port=ports, kind=st.sampled_from(["tcp", "postgres", "docker"]))
+def test_unbracketed_ipv6_never_splits(address: str, port: int, kind: str) -> None:
+    """An IPv6 address without brackets is refused with the hint, never split at a colon."""
+    doc = copy.deepcopy(SEED)
+    svc = doc["services"][0]
+    if kind == "tcp":
+        svc["targets"][1]["probe"] = {"kind": "tcp", "address": f"{address}:{port}"}
+    elif kind == "postgres":
+        svc["targets"][1]["probe"] = {"kind": "postgres", "dsn_env": "FUZZ_IPV6_DSN"}
+    else:
+        svc["regions"][1]["docker"] = {"host": f"tcp://{address}:{port}"}
+    with pytest.MonkeyPatch.context() as env, pytest.raises(ConfigError) as info:
+        env.setenv("FUZZ_IPV6_DSN", f"postgresql://u@{address}:{port}/db")
+        config.parse(dump(doc), FILE, Path("/nonexistent"))
+    [issue] = info.value.issues
+    assert "[2001:db8::1]:port" in issue.message, issue
+    assert issue.line is not None, issue
+    # Bracketed, the same address is accepted by the tcp kind (postgres and docker need a server).
+    svc["targets"][1]["probe"] = {"kind": "tcp", "address": f"[{address}]:{port}"}
+    svc["regions"][1].pop("docker", None)
+    assert check_parse(dump(doc)) is not None
+
+
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+tokens = st.text(alphabet=_ALNUM, min_size=20, max_size=60).filter(
+    lambda t: (
+        any(c.islower() for c in t) and any(c.isupper() for c in t) and any(c.isdigit() for c in t)
+    )
+)
+userinfo = st.text(alphabet=_ALNUM + "-._~%!$'()*+,;=", min_size=1, max_size=20)
+dsns = st.builds(
+    lambda scheme, user, pw, host: f"{scheme}://{user}:{pw}@{host}/db",
+    st.sampled_from(["postgres", "postgresql", "https", "redis", "amqp"]),
+    userinfo,
+    userinfo,
+    st.sampled_from(["db.internal", "10.0.0.5:5432", "[2001:db8::1]:5432"]),
+)
+secret_values = st.one_of(tokens, dsns, tokens.map(lambda t: "ghp_" + t))
+secret_fields = st.sampled_from(
+    [
+        ("postgres", "dsn_env"),
+        ("postgres", "dsn_file"),
+        ("http", "bearer_token.env"),
+        ("http", "bearer_token.file"),
+        ("http", "tls.ca_file"),
+        ("tcp", "tls_config.cert_file"),
+    ]
+)
+
+
+@FUZZ
+@given(value=secret_values, where=secret_fields)
+def test_secret_in_a_name_field_is_never_echoed(value: str, where: tuple[str, str]) -> None:
+    kind, field = where
+    probe: dict[str, Any] = {"kind": kind}
+    if kind == "http":
+        probe["url"] = "http://127.0.0.1:1/"
+    if kind == "tcp":
+        probe.update(address="127.0.0.1:1", tls=True)
+    node = probe
+    *parents, leaf = field.split(".")
+    for parent in parents:
+        node = node.setdefault(parent, {})
+    node[leaf] = value
+    doc = copy.deepcopy(SEED)
+    doc["services"][0]["targets"][1]["probe"] = probe
+    with pytest.raises(ConfigError) as info:
+        config.parse(dump(doc), FILE, Path("/nonexistent"))
+    text = str(info.value)
+    assert "looks like a secret" in text, text
+    assert value not in text
+    secret_part = value.partition("://")[2] or value
+    assert secret_part[:12] not in text, text
+
+
+@FUZZ
+@given(data=st.data())
+def test_non_utf8_bytes_are_located(data: st.DataObject, tmp_path_factory: Any) -> None:
+    """Invalid UTF-8 anywhere in a config: the issue's line and column are the first bad byte's."""
+    raw = dump(SEED).encode()
+    pos = data.draw(st.integers(0, len(raw)), label="pos")
+    # Split a multi-byte character nowhere: insert at a character boundary.
+    while pos < len(raw) and raw[pos] & 0xC0 == 0x80:
+        pos += 1
+    bad = data.draw(
+        st.sampled_from([b"\xff", b"\xfe", b"\x80", b"\xc3\x28", b"\xe2\x82", b"\xed\xa0\x80"]),
+        label="bad",
+    )
+    blob = raw[:pos] + bad + raw[pos:]
+    path = tmp_path_factory.mktemp("utf8") / "c.yml"
+    path.write_bytes(blob)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    [issue] = info.value.issues
+    before = raw[:pos].decode()
+    assert issue.line == before.count("\n") + 1, (issue, pos)
+    assert issue.column == len(before) - (before.rfind("\n") + 1) + 1, (issue, pos)
+    assert str(issue).startswith(f"{path}:{issue.line}:{issue.column}: cannot read config")
+
+
 @FUZZ
 @given(
     doc=values,

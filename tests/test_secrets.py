@@ -160,7 +160,8 @@ def _config(tmp_path: Path, http_port: int, pg_port: int) -> Path:
     probes = {name: {"kind": "http", **p} for name, p in probes.items()}
     probes["pg"] = {"kind": "postgres", "dsn_file": "dsn", "write_heartbeat": False}
     targets = "\n".join(
-        f"      - name: {name}\n        region: r1\n        image: i1\n        probe: {json.dumps(probe)}"
+        f"      - name: {name}\n        region: r1\n        image: i1\n"
+        f"        probe: {json.dumps(probe)}"
         for name, probe in probes.items()
     )
     path = tmp_path / "config.yml"
@@ -228,7 +229,8 @@ def test_scrubber_encodings_and_registration(tmp_path: Path) -> None:
     assert scrub(text) == "a *** b *** c *** d *** e ***"
     # Short values would blank out ordinary text.
     assert Scrubber(["on"])("on and on") == "on and on"
-    assert not Scrubber() and Scrubber(["longer"])
+    assert not Scrubber()
+    assert Scrubber(["longer"])
 
 
 def test_every_kind_registers_what_it_sends(

@@ -245,7 +245,9 @@ def test_matrix_controls_and_recent_probes(exporter: Exporter, page: Page) -> No
     row.locator("summary").click()
     assert log.is_visible()
     lines = log.inner_text()
-    assert re.search(r"^\d+\.\d{3} GET http://127\.0\.0\.1:\d+/$", lines, re.M), lines
+    # Debug lines carry RFC 3339 times with the zone, as the exporter's log lines do.
+    rfc3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    assert re.search(rf"^{rfc3339} GET http://127\.0\.0\.1:\d+/$", lines, re.M), lines
     assert "failed (connect)" in lines
     status = failures.locator("tr").filter(has=page.locator("td.fail", has_text="http_status"))
     assert status.count() >= 2
