@@ -253,9 +253,10 @@ def test_unbracketed_ipv6_never_splits(address: str, port: int, kind: str) -> No
         svc["targets"][1]["probe"] = {"kind": "postgres", "dsn_env": "FUZZ_IPV6_DSN"}
     else:
         svc["regions"][1]["docker"] = {"host": f"tcp://{address}:{port}"}
-    with pytest.MonkeyPatch.context() as env, pytest.raises(ConfigError) as info:
+    with pytest.MonkeyPatch.context() as env:
         env.setenv("FUZZ_IPV6_DSN", f"postgresql://u@{address}:{port}/db")
-        config.parse(dump(doc), FILE, Path("/nonexistent"))
+        with pytest.raises(ConfigError) as info:
+            config.parse(dump(doc), FILE, Path("/nonexistent"))
     [issue] = info.value.issues
     assert "[2001:db8::1]:port" in issue.message, issue
     assert issue.line is not None, issue
