@@ -54,6 +54,9 @@ class Engine:
         self.images = ImageRefresher(self.resources)
         self.registry.register(self.images)
         self.config: Config | None = None
+        # Run-time maintenance flags by (service, region), over the config's (POST
+        # /-/maintenance); kept across reloads, lost on restart: the config is the durable place.
+        self.maintenance: dict[tuple[str, str], bool] = {}
         self.last_reload_errors: list[str] = []
         # One reload at a time: two loads finishing out of order would apply the older file.
         self._reload_lock = asyncio.Lock()
@@ -80,6 +83,13 @@ class Engine:
         self.last_reload_errors = []
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
+
+    def in_maintenance(self, service: str, region: str) -> bool:
+        if (service, region) in self.maintenance:
+            return self.maintenance[(service, region)]
+        cfg = self.config
+        regions = cfg.regions if cfg else ()
+        return any(r.maintenance for r in regions if (r.service, r.name) == (service, region))
 
     def request_reload(self) -> None:
         """Reload in the background (for the SIGHUP handler)."""
