@@ -257,13 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter import demo
 
         return demo.main(listen, args.outage_after, web_config, args.serve, args.event_loop)
+    engine = Engine(path=Path(args.config), shard=args.shard)
     try:
-        cfg = config.load(args.config, args.shard)
+        cfg = config.load(args.config, args.shard, engine.sd_cache)
     except ConfigError as exc:
         exc.report()
         return 1
-    path, shard = Path(args.config), args.shard
-    engine = Engine(loader=lambda: config.load(path, shard), path=path)
     return run_async(serve(engine, cfg, listen, web_config=web_config), args.event_loop)
 
 
@@ -307,6 +306,8 @@ def check_config(file: str, expand: bool = False, shard: config.Shard | None = N
         + (f", {cfg.expanded} expanded from templates" if cfg.expanded else "")
         + (f" (shard {shard.index}/{shard.count} of {cfg.total_targets})" if shard else "")
     )
+    for warning in cfg.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if expand:
         from exporter.probes import REGISTRY
 

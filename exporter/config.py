@@ -152,6 +152,9 @@ class Config:
     total_targets: int = 0
     # Of those, expanded from templates.
     expanded: int = 0
+    # file_sd globs (absolute) whose files the engine watches, and their files' problems.
+    watched: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -266,6 +269,9 @@ class Source:
         self.issues: list[ConfigIssue] = []
         # Targets expanded from a template: their location -> the template's and which cell.
         self.origins: dict[Loc, tuple[Loc, str]] = {}
+        # file_sd globs to watch, and problems with their files that do not fail the load.
+        self.watched: list[str] = []
+        self.warnings: list[str] = []
         self._values = 0
         # One object per distinct string: the runtime objects keep many equal ones (region,
         # image and kind names in every target).
@@ -593,10 +599,17 @@ def read_yaml(text: str, file: str) -> Source:
         raise ConfigError([ConfigIssue(file, line, "", f"invalid character {char}")]) from None
 
 
-def parse(text: str, file: str, base_dir: Path | None = None, shard: Shard | None = None) -> Config:
+def parse(
+    text: str,
+    file: str,
+    base_dir: Path | None = None,
+    shard: Shard | None = None,
+    sd_cache: templates.SdCache | None = None,
+) -> Config:
     """Validate config text; raise ConfigError listing every problem."""
     src = read_yaml(text, file)
-    expanded = templates.expand(src)
+    base = base_dir or Path(file).parent
+    expanded = templates.expand(src, base, sd_cache)
     issues = list(src.issues)
     if not isinstance(src.data, dict):
         issues.append(
@@ -612,8 +625,10 @@ def parse(text: str, file: str, base_dir: Path | None = None, shard: Shard | Non
     if root is None or issues:
         issues.sort(key=lambda i: (i.line or 0, i.path))
         raise ConfigError(issues)
-    cfg = _build(root, src, base_dir or Path(file).parent, text, shard)
-    return dataclasses.replace(cfg, expanded=expanded)
+    cfg = _build(root, src, base, text, shard)
+    return dataclasses.replace(
+        cfg, expanded=expanded, watched=tuple(src.watched), warnings=tuple(src.warnings)
+    )
 
 
 def _strict_key(value: Any) -> Any:
@@ -797,7 +812,11 @@ def _build(
     )
 
 
-def load(path: str | Path, shard: Shard | None = None) -> Config:
-    """Read and validate a config file; with `shard`, keep only that shard's targets."""
+def load(
+    path: str | Path, shard: Shard | None = None, sd_cache: templates.SdCache | None = None
+) -> Config:
+    """Read and validate a config file; with `shard`, keep only that shard's targets.
+
+    `sd_cache` keeps each file_sd file's last good groups across loads (the engine's)."""
     p = Path(path)
-    return parse(read_text(p), str(p), p.parent, shard)
+    return parse(read_text(p), str(p), p.parent, shard, sd_cache)

@@ -8,9 +8,11 @@ template's file:line and names the expansion that failed.
 
 from __future__ import annotations
 
+import glob
 import itertools
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,7 +26,13 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,63}")
 BUILTIN = ("service", "region", "image", "vantage")
 # Keys of a template that steer the expansion; every other key is copied into each target.
-_STEER = ("name", "regions", "images", "dimensions", "exclude", "overrides")
+_STEER = ("name", "regions", "images", "dimensions", "exclude", "overrides", "files")
+# Labels of a file_sd group that pick the cell rather than fill a placeholder of their own.
+_SD_RESERVED = ("region", "image", "address")
+MAX_SD_FILES = 1000
+
+# file_sd groups by file, as last read without error: a file that turns bad keeps these.
+SdCache = dict[str, list[dict[str, str]]]
 
 
 class _Bad(Exception):
@@ -120,10 +128,10 @@ def _matchers(value: Any, loc: Loc, keys: tuple[str, ...], what: str) -> list[di
 
 
 def describe(cell: dict[str, str]) -> str:
-    return " ".join(f"{k}={v}" for k, v in cell.items() if k not in ("service", "vantage"))
+    return " ".join(f"{k}={v}" for k, v in cell.items() if v and k not in ("service", "vantage"))
 
 
-def expand(src: Source) -> int:
+def expand(src: Source, base_dir: Path, cache: SdCache | None = None) -> int:
     """Replace every service's `templates` by the targets they expand to, in place.
 
     Returns the number of targets expanded. Problems go to `src.issues`; a template with a
@@ -148,7 +156,10 @@ def expand(src: Source) -> int:
         for k, template in enumerate(templates):
             tloc: Loc = (*sloc, k)
             try:
-                cells = list(_cells(service, template, tloc, vantage))
+                if isinstance(template, dict) and "files" in template:
+                    cells = list(_sd_cells(src, service, template, tloc, vantage, base_dir, cache))
+                else:
+                    cells = list(_cells(service, template, tloc, vantage))
                 if total + len(cells) > MAX_EXPANSIONS:
                     raise _Bad(tloc, f"templates expand to more than {MAX_EXPANSIONS} targets")
                 expanded = [(_target(template, cell, tloc), cell) for cell in cells]
@@ -209,6 +220,87 @@ def _cells(
     for e, u in enumerate(used):
         if not u:
             raise _Bad((*loc, "exclude", e), "this exclusion matches no expansion (a typo?)")
+
+
+def sd_patterns(template: dict[str, Any], loc: Loc, base_dir: Path) -> list[str]:
+    files = template.get("files")
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise _Bad((*loc, "files"), "must be a non-empty list of file names or globs")
+    return [str(base_dir / f) for f in files]
+
+
+def sd_files(patterns: list[str]) -> list[str]:
+    found: set[str] = set()
+    for pattern in patterns:
+        found.update(glob.glob(pattern))
+    return sorted(found)[:MAX_SD_FILES]
+
+
+def _sd_cells(
+    src: Source,
+    service: dict[str, Any],
+    template: dict[str, Any],
+    loc: Loc,
+    vantage: Any,
+    base_dir: Path,
+    cache: SdCache | None,
+) -> Iterator[dict[str, str]]:
+    """Cells from Prometheus file_sd files: one per address of every group, its labels as
+    placeholders. A file that cannot be used keeps its last good groups (or none) and becomes
+    a warning, so one bad file never takes the others' targets down."""
+    for key in ("regions", "images", "dimensions", "exclude"):
+        if key in template:
+            raise _Bad((*loc, key), "a discovery template takes its cells from `files`")
+    patterns = sd_patterns(template, loc, base_dir)
+    src.watched.extend(patterns)
+    regions = [r.get("name") for r in service.get("regions") or [] if isinstance(r, dict)]
+    images = [i.get("name") for i in service.get("images") or [] if isinstance(i, dict)]
+    base = {"service": str(service.get("name", "")), "vantage": str(vantage or "")}
+    for path in sd_files(patterns):
+        try:
+            groups = _sd_read(path, regions, images)
+        except _Bad as bad:
+            kept = cache.get(path) if cache is not None else None
+            note = "keeping its last good targets" if kept is not None else "not used"
+            src.warnings.append(f"{path}: {bad.message}; {note}")
+            groups = kept or []
+        else:
+            if cache is not None:
+                cache[path] = groups
+        for group in groups:
+            yield {**base, **group}
+
+
+def _sd_read(path: str, regions: list[Any], images: list[Any]) -> list[dict[str, str]]:
+    from exporter.config import ConfigError, read_text, read_yaml
+
+    try:
+        doc = read_yaml(read_text(Path(path), "file_sd file"), path).data
+    except ConfigError as exc:
+        raise _Bad((), exc.issues[0].message) from None
+    if not isinstance(doc, list):
+        raise _Bad((), "a file_sd file is a list of {targets: [...], labels: {...}}")
+    cells = []
+    for g, group in enumerate(doc):
+        where = f"[{g}]"
+        if not isinstance(group, dict) or not isinstance(group.get("targets"), list):
+            raise _Bad((), f"{where}: a group is {{targets: [...], labels: {{...}}}}")
+        labels = group.get("labels", {})
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and _IDENT.fullmatch(k) and isinstance(v, str)
+            for k, v in labels.items()
+        ):
+            raise _Bad((), f"{where}.labels: a mapping of label names to strings")
+        if labels.get("region") not in regions:
+            known = ", ".join(str(r) for r in regions)
+            raise _Bad((), f"{where}.labels.region: must be one of the service's ({known})")
+        if "image" in labels and labels["image"] not in images:
+            raise _Bad((), f"{where}.labels.image: unknown image {labels['image']!r}")
+        for address in group["targets"]:
+            if not isinstance(address, str) or not address:
+                raise _Bad((), f"{where}.targets: addresses are non-empty strings")
+            cells.append({"image": "", **labels, "address": address})
+    return cells
 
 
 def _target(template: dict[str, Any], cell: dict[str, str], loc: Loc) -> dict[str, Any]:
