@@ -251,6 +251,9 @@ def fleet_lines(cfg: Config, maintenance: Mapping[tuple[str, str], bool]) -> str
     index, count = (cfg.shard.index, cfg.shard.count) if cfg.shard else (0, 1)
     shard = label_text(spec.labels, (cfg.vantage, str(index), str(count)))
     out += [_header(spec), f"{spec.name}{{{shard}}} 1\n"]
+    spec = metrics.SHARDS
+    vantage = label_text(spec.labels, (cfg.vantage,))
+    out += [_header(spec), f"{spec.name}{{{vantage}}} {count}\n"]
     return "".join(out)
 
 

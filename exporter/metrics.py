@@ -257,6 +257,9 @@ TARGET_INFO = MetricSpec(
     Scope.REGION,
     labels=(SERVICE, TARGET, VANTAGE),
 )
+# User label names the bundle's rules join from failover_service_info for Alertmanager routes
+# (a convention, not a limit: users add theirs to the rules' joins).
+ROUTING_LABELS: Final = ("team", "tier")
 SHARD_INFO = MetricSpec(
     "failover_exporter_shard_info",
     Type.GAUGE,
@@ -264,6 +267,14 @@ SHARD_INFO = MetricSpec(
     "count shards per vantage and alert when one is missing.",
     Scope.EXPORTER,
     labels=(VANTAGE, "shard", "shards"),
+)
+SHARDS = MetricSpec(
+    "failover_exporter_shards",
+    Type.GAUGE,
+    "How many shards this process's vantage is split into (n of --shard i/n; 1 unsharded). "
+    "As a value, so that the rules can compare it with the shards they see.",
+    Scope.EXPORTER,
+    labels=(VANTAGE,),
 )
 
 _CACHED = "Refreshed in the background and cached; not read on scrape"
@@ -401,6 +412,7 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     SERVICE_INFO,
     TARGET_INFO,
     SHARD_INFO,
+    SHARDS,
     IMAGE_SIZE,
     IMAGE_LAYERS,
     IMAGE_CREATED,
