@@ -157,9 +157,12 @@ def expand(src: Source, base_dir: Path, cache: SdCache | None = None) -> int:
             tloc: Loc = (*sloc, k)
             try:
                 if isinstance(template, dict) and "files" in template:
-                    cells = list(_sd_cells(src, service, template, tloc, vantage, base_dir, cache))
+                    gen = _sd_cells(src, service, template, tloc, vantage, base_dir, cache)
                 else:
-                    cells = list(_cells(service, template, tloc, vantage))
+                    gen = _cells(service, template, tloc, vantage)
+                # Never more than one cell past the cap: a product of three long dimensions
+                # would otherwise be built in full before it is refused.
+                cells = list(itertools.islice(gen, MAX_EXPANSIONS - total + 1))
                 if total + len(cells) > MAX_EXPANSIONS:
                     raise _Bad(tloc, f"templates expand to more than {MAX_EXPANSIONS} targets")
                 expanded = [(_target(template, cell, tloc), cell) for cell in cells]

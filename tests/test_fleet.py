@@ -404,3 +404,15 @@ def test_templates_cap_the_number_of_expansions(tmp_path: Path) -> None:
     )
     found = issues(write(tmp_path, text))
     assert any("more than 100000 targets" in i for i in found)
+
+
+def test_a_huge_product_is_refused_without_being_built(tmp_path: Path) -> None:
+    # 2 regions × 2 images × 1000³ cells: refused after the first 100,001.
+    values = ", ".join(str(i) for i in range(1000))
+    text = BASE + (
+        '    templates:\n      - name: "{image}-{region}-{a}-{b}-{c}"\n'
+        f"        dimensions: {{a: [{values}], b: [{values}], c: [{values}]}}\n"
+        '        probe: {kind: tcp, address: "h:1"}\n'
+    )
+    found = issues(write(tmp_path, text))
+    assert any("more than 100000 targets" in i for i in found)
