@@ -1056,6 +1056,8 @@ def describe(s: HttpSettings) -> str:
 
 KIND = register(
     ProbeKind(
+        votes_in_quorum=True,
+        ranks_images=True,
         name="http",
         settings=HttpSettings,
         prepare=prepare,
