@@ -215,9 +215,11 @@ def main() -> str:
                 "failover.slo",
                 "failover.exporter",
                 "failover.network",
+                "failover.fleet",
                 "failover.region.alerts",
                 "failover.images.alerts",
                 "failover.meta.alerts",
+                "failover.fleet.alerts",
             )
         ),
         "tests:\n",
