@@ -218,6 +218,11 @@ def region_lines(regions: Iterable[Region]) -> str:
     for r in regions:
         labels = label_text(spec.labels, (r.service, r.name, r.role, str(r.priority)))
         out.append(f"{spec.name}{{{labels}}} 1\n")
+    prio = metrics.REGION_PRIORITY
+    out.append(_header(prio))
+    for r in regions:
+        labels = label_text(prio.labels, (r.service, r.name, r.role))
+        out.append(f"{prio.name}{{{labels}}} {r.priority}\n")
     return "".join(out)
 
 

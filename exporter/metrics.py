@@ -154,6 +154,33 @@ PROBE_LAST_SUCCESS = MetricSpec(
     "Unix time of the last successful probe.",
     Scope.TARGET,
 )
+PROBE_CONSECUTIVE_FAILURES = MetricSpec(
+    "failover_probe_consecutive_failures",
+    Type.GAUGE,
+    "Probes failed in a row since the last success (0 after a success). The quorum votes from "
+    "it: every probe counts, not only the one a scrape happens to sample.",
+    Scope.TARGET,
+)
+# Exact order statistics of the target's last RECENT_SAMPLES successful latencies (10 min at the
+# default 5 s interval): no bucket interpolation, so two images 10 % apart never share a value.
+PROBE_P50 = MetricSpec(
+    "failover_probe_duration_p50_seconds",
+    Type.GAUGE,
+    "Median latency of the last 120 successful probes (exact, from the samples; no buckets).",
+    Scope.TARGET,
+)
+PROBE_P95 = MetricSpec(
+    "failover_probe_duration_p95_seconds",
+    Type.GAUGE,
+    "95th percentile latency of the last 120 successful probes (exact, from the samples).",
+    Scope.TARGET,
+)
+PROBE_RECENT_SAMPLES = MetricSpec(
+    "failover_probe_duration_recent_samples",
+    Type.GAUGE,
+    "How many successful latencies the p50/p95 gauges are computed from (up to 120).",
+    Scope.TARGET,
+)
 PROBE_INTERVAL = MetricSpec(
     "failover_probe_interval_seconds",
     Type.GAUGE,
@@ -231,6 +258,14 @@ REGION_INFO = MetricSpec(
     labels=(SERVICE, TARGET_REGION, ROLE, "priority"),
 )
 
+REGION_PRIORITY = MetricSpec(
+    "failover_region_priority",
+    Type.GAUGE,
+    "Failover priority of the region as a number (1 = first), so rules and alert templates "
+    "compare priorities numerically (the label of failover_region_info sorts as text).",
+    Scope.REGION,
+    labels=(SERVICE, TARGET_REGION, ROLE),
+)
 REGION_MAINTENANCE = MetricSpec(
     "failover_region_maintenance",
     Type.GAUGE,
@@ -398,6 +433,10 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     PROBE_PHASE,
     PROBE_LAST_SUCCESS,
     PROBE_INTERVAL,
+    PROBE_CONSECUTIVE_FAILURES,
+    PROBE_P50,
+    PROBE_P95,
+    PROBE_RECENT_SAMPLES,
     HTTP_STATUS,
     TLS_NOT_AFTER,
     POSTGRES_LAG,
@@ -408,6 +447,7 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     ICMP_SENT,
     ICMP_LOST,
     REGION_INFO,
+    REGION_PRIORITY,
     REGION_MAINTENANCE,
     SERVICE_INFO,
     TARGET_INFO,

@@ -52,7 +52,7 @@ UIDS = {
 }
 
 # Thresholds, as in prometheus/rules (budgets) and prometheus/alerts.
-VOTE_HEALTHY = 0.5  # a vantage votes healthy when >= 50 % of the last minute's probes succeed
+VOTE_HEALTHY = 0.5  # a vantage votes failing when >= 50 % of its targets failed twice in a row
 IMAGE_SUCCESS_MIN = 0.8  # FailoverImageDown
 SLO_THRESHOLD_S = 0.5  # global:failover_latency_slo_threshold_seconds:constant (le="0.5")
 RPO_BUDGET_S = 30.0  # global:failover_rpo_budget_seconds:constant
@@ -77,7 +77,9 @@ F_VANTAGE = 'vantage=~"$vantage"'
 F_IMAGE = 'image=~"$image"'
 F_TARGET = 'target=~"$target"'
 # Probe series that feed image figures, as the failover.images rules select them.
-IMAGE_PROBES = 'role!="control", probe!="cold_start", image!=""'
+# Kinds whose latencies rank images (exporter.probes: ranks_images), as the rules select them.
+RANKING_KINDS = "http|postgres|tcp"
+IMAGE_PROBES = f'role!="control", probe=~"{RANKING_KINDS}", image!=""'
 
 
 def sel(*filters: str) -> str:
@@ -557,7 +559,8 @@ def overview() -> dm.Dashboard:
             "vantage_service_target_region:failover_probe_success:avg1m: share of the last "
             "minute's "
             "probes that succeeded, per region (rows) and vantage (columns). A vantage votes the "
-            f"region healthy at {VOTE_HEALTHY:.0%} or more. Isolated vantages still show here "
+            f"region failing when {VOTE_HEALTHY:.0%} or more of its targets there failed twice in "
+            "a row (failover_probe_consecutive_failures). Isolated vantages still show here "
             "but do "
             "not vote.",
             [
@@ -981,8 +984,8 @@ def target() -> dm.Dashboard:
     )
     ratio = ts(
         "Success ratio",
-        "Share of probes that succeeded over the interval. A vantage votes its region healthy "
-        f"at {VOTE_HEALTHY:.0%} or more over the last minute.",
+        "Share of probes that succeeded over the interval. A vantage votes its region failing "
+        f"when {VOTE_HEALTHY:.0%} or more of its targets there failed twice in a row.",
         [query(f"avg_over_time(failover_probe_success{s}[$__rate_interval])", who)],
         "percentunit",
         steps((None, "red"), (VOTE_HEALTHY, "green")),

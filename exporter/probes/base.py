@@ -95,9 +95,22 @@ class ProbeKind(Generic[PreparedT]):
     reasons: tuple[Reason, ...]
     phases: tuple[str, ...]
     describe: Callable[[Any], str] = lambda settings: ""
+    # How the bundle (prometheus/ rules, grafana/ dashboards) treats the kind. Every kind must
+    # say both; None means unclassified, and tests/prometheus fails on it and on any selector of
+    # the bundle that disagrees (bundle_probe_regex builds the selectors' regexes).
+    # votes_in_quorum: its failures count towards "the region is down".
+    # ranks_images: its latencies rank image variants (a measure of the image, not the network
+    # or the container engine).
+    votes_in_quorum: bool | None = None
+    ranks_images: bool | None = None
 
 
 REGISTRY: dict[str, ProbeKind[Any]] = {}
+
+
+def bundle_probe_regex(attribute: str) -> str:
+    """The `probe=~"..."` value of the bundle's selectors for kinds with `attribute` true."""
+    return "|".join(sorted(n for n, k in REGISTRY.items() if getattr(k, attribute) is True))
 
 
 def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:

@@ -255,6 +255,8 @@ def describe(s: ColdStartSettings) -> str:
 
 KIND = register(
     ProbeKind(
+        votes_in_quorum=False,
+        ranks_images=False,
         name="cold_start",
         settings=ColdStartSettings,
         prepare=prepare,

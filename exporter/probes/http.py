@@ -1057,6 +1057,8 @@ def describe(s: HttpSettings) -> str:
 
 KIND = register(
     ProbeKind(
+        votes_in_quorum=True,
+        ranks_images=True,
         name="http",
         settings=HttpSettings,
         prepare=prepare,

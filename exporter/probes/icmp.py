@@ -420,6 +420,8 @@ def describe(s: IcmpSettings) -> str:
 
 KIND = register(
     ProbeKind(
+        votes_in_quorum=True,
+        ranks_images=False,
         name="icmp",
         settings=IcmpSettings,
         prepare=prepare,

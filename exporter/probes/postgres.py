@@ -336,6 +336,8 @@ def describe(s: PostgresSettings) -> str:
 
 KIND = register(
     ProbeKind(
+        votes_in_quorum=True,
+        ranks_images=True,
         name="postgres",
         settings=PostgresSettings,
         prepare=prepare,

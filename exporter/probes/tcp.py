@@ -182,6 +182,8 @@ def describe(s: TcpSettings) -> str:
 
 KIND = register(
     ProbeKind(
+        votes_in_quorum=True,
+        ranks_images=True,
         name="tcp",
         settings=TcpSettings,
         prepare=prepare,

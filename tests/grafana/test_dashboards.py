@@ -166,7 +166,7 @@ def test_thresholds_match_the_alerts_and_budgets(docs: dict[str, dict[str, Any]]
     ):
         assert needle in alerts, needle
     quorum = constants["vantage_service_target_region:failover_region_healthy:bool"]
-    assert f">= bool {gen.VOTE_HEALTHY:g}" in quorum
+    assert f"< bool {gen.VOTE_HEALTHY:g}" in quorum
 
     by_title = {(doc["uid"], p["title"]): p for doc in docs.values() for p in d.panels(doc)}
     expected = {

@@ -1,0 +1,100 @@
+"""Region verdicts: the probe-kind classification the bundle follows, and the detection budget of
+the generated promtool scenarios (prometheus/tests/verdicts.test.yml, run by test_rules)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+import statistics
+import sys
+from types import ModuleType
+
+import pytest
+
+from exporter.probes import REGISTRY
+from exporter.probes.base import bundle_probe_regex
+
+from . import bundle
+
+ROOT = bundle.ROOT
+DASHBOARDS = ROOT / "grafana" / "dashboards"
+# Alertmanager's group_wait on the page route (prometheus/alertmanager/alertmanager.yml).
+PAGE_GROUP_WAIT = 5.0
+
+
+def generator() -> ModuleType:
+    path = ROOT / "scripts" / "gen_verdict_tests.py"
+    spec = importlib.util.spec_from_file_location("gen_verdict_tests", path)
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def bundle_texts() -> dict[str, str]:
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in bundle.RULE_FILES}
+    for p in sorted(DASHBOARDS.glob("*.json")):
+        texts[str(p.relative_to(ROOT))] = json.dumps(json.loads(p.read_text()))
+    return texts
+
+
+def test_every_probe_kind_is_classified_for_the_bundle() -> None:
+    unclassified = [
+        name
+        for name, kind in REGISTRY.items()
+        if not isinstance(kind.votes_in_quorum, bool) or not isinstance(kind.ranks_images, bool)
+    ]
+    assert not unclassified, f"set votes_in_quorum and ranks_images on: {unclassified}"
+
+
+def test_the_bundle_selects_probe_kinds_as_the_registry_declares() -> None:
+    allowed = {bundle_probe_regex("votes_in_quorum"), bundle_probe_regex("ranks_images")}
+    for name, text in bundle_texts().items():
+        # A deny-list lets a new kind in unclassified; only the declared allow-lists are used.
+        assert not re.search(r'probe\s*!~?\s*\\?"', text), f"{name}: probe deny-list selector"
+        for value in re.findall(r'probe\s*=~\s*\\?"([^"\\]*)', text):
+            assert value in allowed, f"{name}: probe=~{value!r} is not a declared class {allowed}"
+    rules = bundle.RULES.read_text()
+    vote = bundle_probe_regex("votes_in_quorum")
+    rank = bundle_probe_regex("ranks_images")
+    assert rules.count(f'probe=~"{vote}"') >= 2
+    assert rules.count(f'probe=~"{rank}"') >= 5
+
+
+def test_the_committed_scenarios_are_what_the_generator_writes() -> None:
+    gen = generator()
+    assert gen.OUT.read_text() == gen.main(), "run: python scripts/gen_verdict_tests.py"
+
+
+def test_primary_down_fits_the_detection_budget_at_every_phase() -> None:
+    """promtool evaluates right after each scrape; Prometheus evaluates up to one interval later,
+    and the alert group may read the previous evaluation of the quorum group (one more)."""
+    gen = generator()
+    delays = []
+    for phase in gen.PHASES:
+        first_fail, detected, _ = gen.detect(phase)
+        delays.append(detected - first_fail)
+    worst = max(delays) + 2 * gen.SCRAPE + PAGE_GROUP_WAIT
+    median = statistics.median(delays) + gen.SCRAPE + PAGE_GROUP_WAIT
+    assert worst <= 60, (delays, worst)
+    assert median <= 45, (delays, median)
+    # Two failed probes in a row, so never faster than one probe interval.
+    assert min(delays) >= gen.PROBE, delays
+
+
+def test_page_route_group_wait_is_the_budgeted_one() -> None:
+    text = bundle.ALERTMANAGER.read_text()
+    block = text[text.index('matchers: [severity="critical"]') :]
+    assert f"group_wait: {PAGE_GROUP_WAIT:g}s" in block.split("- matchers")[0]
+
+
+def test_unclassified_kind_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classification test fails on a kind that does not declare itself."""
+    loose = dataclasses.replace(REGISTRY["http"], name="zz", votes_in_quorum=None)
+    monkeypatch.setitem(REGISTRY, "zz", loose)
+    with pytest.raises(AssertionError):
+        test_every_probe_kind_is_classified_for_the_bundle()
