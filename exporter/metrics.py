@@ -67,6 +67,11 @@ class Reason(StrEnum):
     READ_ONLY = "read_only"
     PERMISSION = "permission"
     DOCKER = "docker"
+    # gRPC health: the server answered, but not SERVING / does not know the service / has no
+    # health service at all.
+    NOT_SERVING = "not_serving"
+    SERVICE_UNKNOWN = "service_unknown"
+    UNIMPLEMENTED = "unimplemented"
     ERROR = "error"
 
 

@@ -78,7 +78,7 @@ F_IMAGE = 'image=~"$image"'
 F_TARGET = 'target=~"$target"'
 # Probe series that feed image figures, as the failover.images rules select them.
 # Kinds whose latencies rank images (exporter.probes: ranks_images), as the rules select them.
-RANKING_KINDS = "http|postgres|tcp"
+RANKING_KINDS = "grpc|http|postgres|tcp"
 IMAGE_PROBES = f'role!="control", probe=~"{RANKING_KINDS}", image!=""'
 
 

@@ -66,6 +66,8 @@ services:
          probe: {kind: tcp, address: "127.0.0.1:9"}}
       - {name: 'we"ird\name', region: us-east, image: slim,
          probe: {kind: http, url: "http://127.0.0.1:9/x"}}
+      - {name: eu-grpc, region: eu-west, image: slim,
+         probe: {kind: grpc, address: "127.0.0.1:9", service: shop.Cart}}
 """
 
 
