@@ -77,7 +77,7 @@ F_VANTAGE = 'vantage=~"$vantage"'
 F_IMAGE = 'image=~"$image"'
 F_TARGET = 'target=~"$target"'
 # Probe series that feed image figures, as the failover.images rules select them.
-IMAGE_PROBES = 'role!="control", probe!="cold_start", image!=""'
+IMAGE_PROBES = 'role!="control", probe!~"cold_start|dns", image!=""'
 
 
 def sel(*filters: str) -> str:
