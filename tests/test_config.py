@@ -369,3 +369,27 @@ def test_equal_immutable_values_are_shared_across_targets(tmp_path: Path) -> Non
     assert a.prepared.request != b.prepared.request
     # What a reload compares is unchanged: the same file loads to equal targets.
     assert config.load(tmp_path / "c.yml").targets[1:] == (a, b)
+
+
+def test_dns_settings(tmp_path: Path) -> None:
+    ok = BASE + (
+        "      - name: d\n        region: eu\n"
+        "        probe: {kind: dns, server: '[::1]:5353', name: shop.example., type: AAAA}\n"
+    )
+    path = tmp_path / "ok.yml"
+    path.write_text(ok)
+    cfg = config.load(path)
+    (target,) = [t for t in cfg.targets if t.kind == "dns"]
+    assert (target.prepared.host, target.prepared.port) == ("::1", 5353)
+    # Schema errors first; prepare errors (the regex) once the schema passes.
+    bad = "        probe: {kind: dns, server: 'h', name: x., type: PTR}\n"
+    assert errors(tmp_path, BASE + "      - name: e\n        region: eu\n" + bad) == [
+        "c.yml:16: services[0].targets[1].probe.server: must be host:port (IPv6 as [::1]:port)",
+        "c.yml:16: services[0].targets[1].probe.type: "
+        "Input should be 'A', 'AAAA', 'CNAME', 'MX', 'TXT', 'SRV', 'NS' or 'SOA'",
+    ]
+    regex = "        probe: {kind: dns, server: 'h:53', name: x., answers_must_match: ['(']}\n"
+    assert errors(tmp_path, BASE + "      - name: d\n        region: eu\n" + regex) == [
+        "c.yml:16: services[0].targets[1].probe.answers_must_match[0]: "
+        "invalid regular expression: missing ), unterminated subpattern at position 0"
+    ]

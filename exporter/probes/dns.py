@@ -124,7 +124,7 @@ def prepare(s: DnsSettings, base_dir: Path) -> Dns:
                     pattern = re.compile(text)
                 except re.error as exc:
                     raise SettingError(
-                        f"{field}.{i}", f"invalid regular expression: {exc}"
+                        f"{field}[{i}]", f"invalid regular expression: {exc}"
                     ) from None
                 checks.append(Check(section, field, pattern, must))
     host, port = split_address(s.server)
