@@ -35,10 +35,13 @@ test: $(STAMP) system-deps lint
 dashboards: $(STAMP)
 	$(PY) grafana/generate.py
 
-# Side-by-side performance run against blackbox_exporter (root; ~12 min). Not part of `test`.
+# Side-by-side performance run against blackbox_exporter (root; ~12 min), then the fleet scale
+# table (memory, scrape bytes and config load time per target; SCALE_SIZES=1000,10000,50000).
+# Not part of `test`.
 bench: $(STAMP)
 	@bench/system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/scale.py $(SCALE_SIZES)
 
 # 30 minutes of a real exporter on a few hundred healthy and hostile targets, reloaded and scraped
 # throughout; RSS, fds and tasks must stay flat. Not part of `test` (which runs 2 minutes of it).

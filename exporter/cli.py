@@ -98,6 +98,24 @@ def run_async(main: Awaitable[T], event_loop: str) -> T:
         return runner.run(wrapped())
 
 
+def _shard_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="probe only shard I (0-based) of N of the vantage's targets, by a stable hash of "
+        "the target name (docs/config.md, Sharding)",
+    )
+
+
+def _shard(text: str) -> config.Shard:
+    try:
+        return config.Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     from exporter.demo import REGIONS as DEMO_REGIONS  # demo imports this module
 
@@ -112,8 +130,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--config", dest="config", required=True, metavar="FILE", help="YAML config")
     _common_web(run)
     _event_loop_arg(run)
+    _shard_arg(run)
     check = sub.add_parser("check-config", help="validate a config file, print every error")
     check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--expand",
+        action="store_true",
+        help="also print every target after template expansion (and sharding), one a line",
+    )
+    _shard_arg(check)
     demo = sub.add_parser(
         "demo",
         help="simulated regions on loopback probed from three vantages; needs nothing else",
@@ -200,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "run")
     args = parser().parse_args(args_list)
     if args.command == "check-config":
-        return check_config(args.file)
+        return check_config(args.file, args.expand, args.shard)
     if args.command == "drill":
         return _drill(args)
     if args.command == "bench":
@@ -232,12 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter import demo
 
         return demo.main(listen, args.outage_after, web_config, args.serve, args.event_loop)
+    engine = Engine(path=Path(args.config), shard=args.shard)
     try:
-        cfg = config.load(args.config)
+        cfg = config.load(args.config, args.shard, engine.sd_cache)
     except ConfigError as exc:
         exc.report()
         return 1
-    engine = Engine(path=Path(args.config))
     return run_async(serve(engine, cfg, listen, web_config=web_config), args.event_loop)
 
 
@@ -267,9 +292,9 @@ def _drill(args: argparse.Namespace) -> int:
     return drill.main(opts, args.json)
 
 
-def check_config(file: str) -> int:
+def check_config(file: str, expand: bool = False, shard: config.Shard | None = None) -> int:
     try:
-        cfg = config.load(file)
+        cfg = config.load(file, shard)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -278,7 +303,21 @@ def check_config(file: str) -> int:
     print(
         f"{file}: OK: vantage {cfg.vantage}, {len(cfg.services)} service(s), "
         f"{len(cfg.regions)} region(s), {len(cfg.images)} image(s), {len(cfg.targets)} target(s)"
+        + (f", {cfg.expanded} expanded from templates" if cfg.expanded else "")
+        + (f" (shard {shard.index}/{shard.count} of {cfg.total_targets})" if shard else "")
     )
+    for warning in cfg.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if expand:
+        from exporter.probes import REGISTRY
+
+        for t in cfg.targets:
+            # `describe` is what the status page shows: the endpoint, never a secret.
+            what = REGISTRY[t.kind].describe(t.settings)
+            print(
+                f"{t.service or '-'}\t{t.name}\tregion={t.region or '-'}\timage={t.image or '-'}"
+                f"\t{t.kind}: {what}"
+            )
     return 0
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from exporter import schema
+from exporter import schema, templates
 from exporter.docker_images import DockerSettings, RunSettings
 from exporter.fields import SettingError, collect_secrets, format_duration, parse_duration
 from exporter.metrics import Role
@@ -82,6 +82,9 @@ class Target:
     # Digest of the secrets `prepared` holds: a reload after a rotated password or token file
     # restarts the target with the new secret. Never the secret itself.
     secrets: str = dataclasses.field(default="", repr=False)
+    # The service's and the target's own labels (team, tier): exported once, on
+    # failover_target_info, never on the per-probe series.
+    user_labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -108,6 +111,7 @@ class Region:
     role: str
     priority: int
     docker: DockerSettings | None = None
+    maintenance: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +146,56 @@ class Config:
     regions: tuple[Region, ...]
     images: tuple[Image, ...]
     targets: tuple[Target, ...]
+    service_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    shard: Shard | None = None
+    # Targets in the config before sharding (templates expanded).
+    total_targets: int = 0
+    # Of those, expanded from templates.
+    expanded: int = 0
+    # file_sd globs (absolute) whose files the engine watches, and their files' problems.
+    watched: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def services(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(r.service for r in self.regions))
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process probes shard `index` (0-based) of `count` of its vantage's targets."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """`i/n` with 0 <= i < n, as in `--shard 0/2`."""
+        index, sep, count = text.partition("/")
+        if not sep or not index.isdigit() or not count.isdigit():
+            raise ValueError(f"--shard wants i/n, e.g. 0/2, not {text!r}")
+        shard = cls(int(index), int(count))
+        if not 0 <= shard.index < shard.count or shard.count > 1024:
+            raise ValueError(f"--shard {text}: want 0 <= i < n <= 1024")
+        return shard
+
+    def owns(self, vantage: str, service: str, target: str) -> bool:
+        return owner(f"{vantage}\0{service}\0{target}", self.count) == self.index
+
+
+def owner(key: str, count: int) -> int:
+    """Rendezvous (highest random weight) hashing: the shard with the highest score for `key`.
+
+    Stable across processes and Python versions (SHA-256, not hash()), and adding a shard moves
+    only the keys the new shard now wins, about 1/(n+1) of them.
+    """
+    data = key.encode("utf-8", "surrogatepass")
+    best, best_score = 0, b""
+    for i in range(count):
+        score = hashlib.sha256(data + b"\0" + str(i).encode()).digest()[:8]
+        if score > best_score:
+            best, best_score = i, score
+    return best
 
 
 def format_loc(loc: Loc) -> str:
@@ -217,6 +267,11 @@ class Source:
         self.file = file
         self.lines: dict[Loc, int] = {}
         self.issues: list[ConfigIssue] = []
+        # Targets expanded from a template: their location -> the template's and which cell.
+        self.origins: dict[Loc, tuple[Loc, str]] = {}
+        # file_sd globs to watch, and problems with their files that do not fail the load.
+        self.watched: list[str] = []
+        self.warnings: list[str] = []
         self._values = 0
         # One object per distinct string: the runtime objects keep many equal ones (region,
         # image and kind names in every target).
@@ -329,7 +384,18 @@ class Source:
             return [self._convert(loader, item, (*loc, i)) for i, item in enumerate(node.value)]
         return self._share(_construct(loader, node))
 
+    def where(self, loc: Loc) -> str:
+        """A key path as the user wrote it: an expanded target is its template."""
+        origin = self.origins.get(loc[:4])
+        if origin is None:
+            return format_loc(loc)
+        return f"{format_loc((*origin[0], *loc[4:]))} ({origin[1]})"
+
     def issue(self, loc: Loc, message: str) -> ConfigIssue:
+        origin = self.origins.get(loc[:4])
+        if origin is not None:
+            loc = (*origin[0], *loc[4:])
+            message = f"{message} (in the expansion {origin[1]})"
         line = None
         for n in range(len(loc), -1, -1):
             line = self.lines.get(loc[:n])
@@ -433,7 +499,7 @@ def _semantic_issues(src: Source) -> Iterator[ConfigIssue]:
         name = item.get("name")
         if isinstance(name, str):
             if name in target_names:
-                first = format_loc(target_names[name])
+                first = src.where(target_names[name])
                 yield src.issue((*loc, "name"), f"target name {name!r} is already used at {first}")
             else:
                 target_names[name] = loc
@@ -533,9 +599,17 @@ def read_yaml(text: str, file: str) -> Source:
         raise ConfigError([ConfigIssue(file, line, "", f"invalid character {char}")]) from None
 
 
-def parse(text: str, file: str, base_dir: Path | None = None) -> Config:
+def parse(
+    text: str,
+    file: str,
+    base_dir: Path | None = None,
+    shard: Shard | None = None,
+    sd_cache: templates.SdCache | None = None,
+) -> Config:
     """Validate config text; raise ConfigError listing every problem."""
     src = read_yaml(text, file)
+    base = base_dir or Path(file).parent
+    expanded = templates.expand(src, base, sd_cache)
     issues = list(src.issues)
     if not isinstance(src.data, dict):
         issues.append(
@@ -551,7 +625,10 @@ def parse(text: str, file: str, base_dir: Path | None = None) -> Config:
     if root is None or issues:
         issues.sort(key=lambda i: (i.line or 0, i.path))
         raise ConfigError(issues)
-    return _build(root, src, base_dir or Path(file).parent, text)
+    cfg = _build(root, src, base, text, shard)
+    return dataclasses.replace(
+        cfg, expanded=expanded, watched=tuple(src.watched), warnings=tuple(src.warnings)
+    )
 
 
 def _strict_key(value: Any) -> Any:
@@ -615,18 +692,24 @@ class _Sharing:
             object.__setattr__(model, "__pydantic_fields_set__", shared)
 
 
-def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
+def _build(
+    root: schema.Root, src: Source, base_dir: Path, text: str, shard: Shard | None
+) -> Config:
     issues: list[ConfigIssue] = []
     sharing = _Sharing()
     targets: list[Target] = []
     regions: list[Region] = []
     images: list[Image] = []
     d = root.defaults
+    # Targets other shards probe; control targets run on every shard (each shard's process
+    # needs its own isolation check).
+    skipped = 0
 
     def make(
         loc: Loc,
         t: schema.Target | schema.ControlTarget,
         binding: Binding | None = None,
+        user_labels: tuple[tuple[str, str], ...] = (),
         **labels: str,
     ) -> None:
         kind = REGISTRY[t.probe.kind]
@@ -655,6 +738,7 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
             timeout=t.timeout or d.timeout,
             bound=binding if bind is not None else None,
             secrets=secrets.digest(),
+            user_labels=user_labels,
             **labels,
         )
         sharing.fields(target)
@@ -672,7 +756,9 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
                     docker = reg.docker.resolve(base_dir)
                 except ValueError as exc:
                     issues.append(src.issue(("services", s, "regions", r, "docker"), str(exc)))
-            by_region[reg.name] = Region(svc.name, reg.name, reg.role, reg.priority, docker)
+            by_region[reg.name] = Region(
+                svc.name, reg.name, reg.role, reg.priority, docker, reg.maintenance
+            )
         regions.extend(by_region.values())
         by_image = {
             i.name: Image(
@@ -689,6 +775,9 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
         }
         images.extend(by_image.values())
         for t, tgt in enumerate(svc.targets):
+            if shard is not None and not shard.owns(root.vantage, svc.name, tgt.name):
+                skipped += 1
+                continue
             make(
                 ("services", s, "targets", t),
                 tgt,
@@ -702,6 +791,7 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
                 region=tgt.region,
                 role=roles[tgt.region],
                 image=tgt.image or "",
+                user_labels=tuple(sorted({**svc.labels, **tgt.labels}.items())),
             )
     if issues:
         raise ConfigError(issues)
@@ -714,10 +804,19 @@ def _build(root: schema.Root, src: Source, base_dir: Path, text: str) -> Config:
         regions=tuple(regions),
         images=tuple(images),
         targets=tuple(targets),
+        service_labels=tuple(
+            (svc.name, tuple(sorted(svc.labels.items()))) for svc in root.services if svc.labels
+        ),
+        shard=shard,
+        total_targets=len(targets) + skipped,
     )
 
 
-def load(path: str | Path) -> Config:
-    """Read and validate a config file."""
+def load(
+    path: str | Path, shard: Shard | None = None, sd_cache: templates.SdCache | None = None
+) -> Config:
+    """Read and validate a config file; with `shard`, keep only that shard's targets.
+
+    `sd_cache` keeps each file_sd file's last good groups across loads (the engine's)."""
     p = Path(path)
-    return parse(read_text(p), str(p), p.parent)
+    return parse(read_text(p), str(p), p.parent, shard, sd_cache)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from exporter import __version__, config, metrics
+from exporter import __version__, config, metrics, templates
 from exporter.config import Config, ConfigError
 from exporter.docker_images import ImageRefresher
 from exporter.metrics import SelfMetrics
@@ -27,14 +28,25 @@ from exporter.resources import Resources
 from exporter.scheduler import Scheduler
 
 log = logging.getLogger("exporter")
+# Seconds between looks at the file_sd files (a stat of each; inotify is not portable).
+DISCOVERY_POLL = 5.0
 
 
 class Engine:
     """Owns everything long-lived. Create, `start(config)`, and always `await aclose()`."""
 
-    def __init__(self, loader: Callable[[], Config] | None = None, path: Path | None = None):
+    def __init__(
+        self,
+        loader: Callable[[], Config] | None = None,
+        path: Path | None = None,
+        shard: config.Shard | None = None,
+    ):
         self.path = path
-        self._loader = loader or (lambda: config.load(self._require_path()))
+        # Each file_sd file's last good groups: a file that turns bad keeps them.
+        self.sd_cache: templates.SdCache = {}
+        self._loader = loader or (lambda: config.load(self._require_path(), shard, self.sd_cache))
+        self._sd_seen: tuple[tuple[str, int, int], ...] | None = None
+        self._sd_task: asyncio.Task[None] | None = None
         # `_created` series would be extra families outside the catalogue, with a value that
         # changes every start; Prometheus does not need them for counters it scrapes itself.
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -54,6 +66,9 @@ class Engine:
         self.images = ImageRefresher(self.resources)
         self.registry.register(self.images)
         self.config: Config | None = None
+        # Run-time maintenance flags by (service, region), over the config's (POST
+        # /-/maintenance); kept across reloads, lost on restart: the config is the durable place.
+        self.maintenance: dict[tuple[str, str], bool] = {}
         self.last_reload_errors: list[str] = []
         # One reload at a time: two loads finishing out of order would apply the older file.
         self._reload_lock = asyncio.Lock()
@@ -68,18 +83,63 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         self._use(cfg)
+        self._sd_task = loop.create_task(self._watch_discovery())
         log.info(
             "config loaded",
             extra={"file": cfg.source, "targets": len(cfg.targets), "digest": cfg.digest},
         )
 
     def _use(self, cfg: Config) -> None:
+        for warning in cfg.warnings:
+            log.warning("file_sd file not applied", extra={"error": warning})
+        self._sd_seen = self._sd_signature(cfg)
         self.scheduler.apply(cfg)
         self.images.apply(cfg)
         self.config = cfg
         self.last_reload_errors = []
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
+
+    def in_maintenance(self, service: str, region: str) -> bool:
+        if (service, region) in self.maintenance:
+            return self.maintenance[(service, region)]
+        cfg = self.config
+        regions = cfg.regions if cfg else ()
+        return any(r.maintenance for r in regions if (r.service, r.name) == (service, region))
+
+    @staticmethod
+    def _sd_signature(cfg: Config | None) -> tuple[tuple[str, int, int], ...]:
+        """The file_sd files the config reads and their mtime and size: a change of any (a file
+        added, removed, rewritten) means a reload."""
+        if cfg is None or not cfg.watched:
+            return ()
+        out = []
+        for path in templates.sd_files(list(cfg.watched)):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            out.append((path, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    async def poll_discovery(self) -> bool | None:
+        """One watch step: reload if a file_sd file changed. None when nothing changed.
+
+        The background watcher calls this every DISCOVERY_POLL seconds; tests call it directly,
+        so that no test waits for a timer."""
+        seen = await asyncio.to_thread(self._sd_signature, self.config)
+        if seen == self._sd_seen:
+            return None
+        ok = await self.reload()
+        # A failed reload keeps the old config; do not retry it every poll until files change.
+        self._sd_seen = seen
+        return ok
+
+    async def _watch_discovery(self) -> None:
+        while True:
+            await asyncio.sleep(DISCOVERY_POLL)
+            if self.config is not None and self.config.watched:
+                await self.poll_discovery()
 
     def request_reload(self) -> None:
         """Reload in the background (for the SIGHUP handler)."""
@@ -126,9 +186,10 @@ class Engine:
         return True
 
     async def aclose(self) -> None:
-        for task in self._reloads:
+        tasks = [*self._reloads, *([self._sd_task] if self._sd_task else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._reloads, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await self.scheduler.stop()
             await self.images.stop()

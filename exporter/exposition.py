@@ -8,14 +8,14 @@ import math
 import operator
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import metrics
-from exporter.config import Region
+from exporter.config import Config, Region
 from exporter.metrics import MetricSpec, Type
 from exporter.state import TargetState, label_text
 
@@ -221,8 +221,47 @@ def region_lines(regions: Iterable[Region]) -> str:
     return "".join(out)
 
 
+def fleet_lines(cfg: Config, maintenance: Mapping[tuple[str, str], bool]) -> str:
+    """Series from the config beyond the regions: maintenance, user labels, shard identity.
+
+    `maintenance` holds run-time overrides (POST /-/maintenance) over the config's flags.
+    """
+    spec = metrics.REGION_MAINTENANCE
+    out = [_header(spec)]
+    for r in cfg.regions:
+        on = maintenance.get((r.service, r.name), r.maintenance)
+        out.append(f"{spec.name}{{{label_text(spec.labels, (r.service, r.name))}}} {int(on)}\n")
+    if cfg.service_labels:
+        spec = metrics.SERVICE_INFO
+        out.append(_header(spec))
+        for service, labels in cfg.service_labels:
+            text = label_text(
+                (metrics.SERVICE, *(k for k, _ in labels)), (service, *(v for _, v in labels))
+            )
+            out.append(f"{spec.name}{{{text}}} 1\n")
+    labelled = [t for t in cfg.targets if t.user_labels]
+    if labelled:
+        spec = metrics.TARGET_INFO
+        out.append(_header(spec))
+        for t in labelled:
+            names = (*spec.labels, *(k for k, _ in t.user_labels))
+            values = (t.service, t.name, t.vantage, *(v for _, v in t.user_labels))
+            out.append(f"{spec.name}{{{label_text(names, values)}}} 1\n")
+    spec = metrics.SHARD_INFO
+    index, count = (cfg.shard.index, cfg.shard.count) if cfg.shard else (0, 1)
+    shard = label_text(spec.labels, (cfg.vantage, str(index), str(count)))
+    out += [_header(spec), f"{spec.name}{{{shard}}} 1\n"]
+    spec = metrics.SHARDS
+    vantage = label_text(spec.labels, (cfg.vantage,))
+    out += [_header(spec), f"{spec.name}{{{vantage}}} {count}\n"]
+    return "".join(out)
+
+
 async def chunks(
-    states: Sequence[TargetState], regions: Iterable[Region], registry: CollectorRegistry
+    states: Sequence[TargetState],
+    regions: Iterable[Region],
+    registry: CollectorRegistry,
+    fleet: str = "",
 ) -> AsyncIterator[bytes]:
     """The /metrics body as encoded chunks (STEP seconds or LINES lines of rendering each),
     yielding to the loop between them, so that no single step handles the whole body (not even
@@ -256,11 +295,15 @@ async def chunks(
                 await asyncio.sleep(0)
                 deadline = clock() + STEP
     out.append(region_lines(regions))
+    out.append(fleet)
     yield "".join(out).encode() + generate_latest(registry)
 
 
 async def render(
-    states: Sequence[TargetState], regions: Iterable[Region], registry: CollectorRegistry
+    states: Sequence[TargetState],
+    regions: Iterable[Region],
+    registry: CollectorRegistry,
+    fleet: str = "",
 ) -> bytes:
     """The whole /metrics body at once."""
-    return b"".join([chunk async for chunk in chunks(states, regions, registry)])
+    return b"".join([chunk async for chunk in chunks(states, regions, registry, fleet)])

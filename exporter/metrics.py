@@ -263,6 +263,52 @@ REGION_INFO = MetricSpec(
     labels=(SERVICE, TARGET_REGION, ROLE, "priority"),
 )
 
+REGION_MAINTENANCE = MetricSpec(
+    "failover_region_maintenance",
+    Type.GAUGE,
+    "1 while the region is in maintenance (config `maintenance: true` or POST /-/maintenance): "
+    "out of the failover choice, its alerts suppressed by the rules.",
+    Scope.REGION,
+    labels=(SERVICE, TARGET_REGION),
+)
+# The user's labels (team, tier, ...) ride on these two info series only, so that they never
+# multiply the per-probe series; rules join them with `* on(service) group_left(team, ...)`.
+SERVICE_INFO = MetricSpec(
+    "failover_service_info",
+    Type.GAUGE,
+    "A service's user labels from the config (team, tier, ...), value 1; only services with "
+    "labels. Join on service to route alerts by them.",
+    Scope.REGION,
+    labels=(SERVICE,),
+)
+TARGET_INFO = MetricSpec(
+    "failover_target_info",
+    Type.GAUGE,
+    "A target's user labels (the service's merged with its own), value 1; only targets with "
+    "labels. Join on service, target and vantage.",
+    Scope.REGION,
+    labels=(SERVICE, TARGET, VANTAGE),
+)
+# User label names the bundle's rules join from failover_service_info for Alertmanager routes
+# (a convention, not a limit: users add theirs to the rules' joins).
+ROUTING_LABELS: Final = ("team", "tier")
+SHARD_INFO = MetricSpec(
+    "failover_exporter_shard_info",
+    Type.GAUGE,
+    "This process's shard of its vantage (--shard i/n; 0/1 when unsharded), value 1. The rules "
+    "count shards per vantage and alert when one is missing.",
+    Scope.EXPORTER,
+    labels=(VANTAGE, "shard", "shards"),
+)
+SHARDS = MetricSpec(
+    "failover_exporter_shards",
+    Type.GAUGE,
+    "How many shards this process's vantage is split into (n of --shard i/n; 1 unsharded). "
+    "As a value, so that the rules can compare it with the shards they see.",
+    Scope.EXPORTER,
+    labels=(VANTAGE,),
+)
+
 _CACHED = "Refreshed in the background and cached; not read on scrape"
 IMAGE_SIZE = MetricSpec(
     "failover_image_size_bytes",
@@ -397,6 +443,11 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     DNS_ANSWERS,
     DNS_ANSWER_TTL,
     REGION_INFO,
+    REGION_MAINTENANCE,
+    SERVICE_INFO,
+    TARGET_INFO,
+    SHARD_INFO,
+    SHARDS,
     IMAGE_SIZE,
     IMAGE_LAYERS,
     IMAGE_CREATED,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from exporter import metrics
 from exporter.docker_images import DockerSettings, RunSettings
 from exporter.fields import Duration, Model, Name
 from exporter.probes import REGISTRY
@@ -20,6 +22,34 @@ else:
         Union[_kinds] if len(_kinds) > 1 else _kinds[0],  # noqa: UP007
         Field(discriminator="kind") if len(_kinds) > 1 else Field(),
     ]
+
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,63}")
+# Labels the exporter, the rules or Prometheus already set; a user label of that name would
+# overwrite or be overwritten by them in a join.
+RESERVED_LABELS = frozenset(
+    {
+        *metrics.TARGET_LABELS,
+        "priority", "reason", "phase", "le", "quantile", "job", "instance", "shard",
+        "shards", "maintenance", "severity", "alertname", "standby", "region",
+    }
+)  # fmt: skip
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for name, value in labels.items():
+        if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise ValueError(
+                f"label name {name!r}: letters, digits and _, not starting with a digit or __"
+            )
+        if name in RESERVED_LABELS:
+            raise ValueError(f"label name {name!r} is reserved (the exporter or rules set it)")
+        if len(value) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(f"label {name!r}: at most 256 characters, no control characters")
+    return labels
+
+
+Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 
 
 class Defaults(Model):
@@ -37,6 +67,8 @@ class Region(Model):
     priority: int = Field(ge=1, le=1000)
     # Docker Engine of this region: image metrics and cold_start probes (docs/docker.md).
     docker: DockerSettings | None = None
+    # Out of the failover choice and its alerts silenced at rule level (docs/config.md).
+    maintenance: bool = False
 
 
 class Image(Model):
@@ -60,6 +92,7 @@ class Target(Model):
     probe: ProbeField
     interval: Duration | None = None
     timeout: Duration | None = None
+    labels: Labels = Field(default_factory=dict)
 
 
 class ControlTarget(Model):
@@ -74,6 +107,7 @@ class Service(Model):
     regions: list[Region] = Field(min_length=1)
     images: list[Image] = Field(min_length=1)
     targets: list[Target] = Field(default_factory=list)
+    labels: Labels = Field(default_factory=dict)
 
 
 class Root(Model):

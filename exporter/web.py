@@ -35,12 +35,14 @@ def routes() -> list[web.RouteDef]:
         web.get("/-/healthy", healthy),
         web.get("/-/ready", ready),
         web.post("/-/reload", reload),
+        web.post("/-/maintenance", maintenance),
     ]
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     regions = engine.config.regions if engine.config else ()
+    fleet = exposition.fleet_lines(engine.config, engine.maintenance) if engine.config else ""
     # Streamed chunk by chunk as rendered: joining a 10,000-target body (tens of MB) in one step
     # would stall the probes on the same loop.
     headers = {"Content-Type": exposition.CONTENT_TYPE}
@@ -51,7 +53,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers=headers)
     await resp.prepare(request)
     packer = exposition.gzip_compressor() if gzip else None
-    async for chunk in exposition.chunks(engine.scheduler.snapshot(), regions, engine.registry):
+    states = engine.scheduler.snapshot()
+    async for chunk in exposition.chunks(states, regions, engine.registry, fleet):
         data = packer.compress(chunk) if packer else chunk
         if data:
             await resp.write(data)
@@ -77,6 +80,25 @@ async def reload(request: web.Request) -> web.Response:
         return web.Response(text="config reloaded\n")
     errors = "\n".join(engine.last_reload_errors)
     return web.Response(status=500, text=f"config reload failed, previous config kept:\n{errors}\n")
+
+
+async def maintenance(request: web.Request) -> web.Response:
+    """`POST /-/maintenance?service=S&region=R&state=on|off|config`: take a region out of the
+    failover choice (or back) without a reload. Behind the web config's auth like every route."""
+    engine = request.app[ENGINE]
+    service, region = request.query.get("service", ""), request.query.get("region", "")
+    state = request.query.get("state", "on")
+    cfg = engine.config
+    if cfg is None or not any((r.service, r.name) == (service, region) for r in cfg.regions):
+        return web.Response(status=404, text="unknown service/region (only configured ones)\n")
+    if state not in ("on", "off", "config"):
+        return web.Response(status=400, text="state is on, off or config\n")
+    if state == "config":
+        engine.maintenance.pop((service, region), None)
+    else:
+        engine.maintenance[(service, region)] = state == "on"
+    now = "in maintenance" if engine.in_maintenance(service, region) else "not in maintenance"
+    return web.Response(text=f"{service}/{region}: {now}\n")
 
 
 async def probe(request: web.Request) -> web.Response:
@@ -196,7 +218,11 @@ def _matrix(engine: Engine) -> Iterable[str]:
         yield '<table class="matrix"><tr><th>region</th>'
         yield "".join(f"<th>{_e(i.name)}</th>" for i in images) + "</tr>"
         for r in regions:
-            yield f"<tr><th>{_e(r.name)} <small>{_e(r.role)} · priority {r.priority}</small></th>"
+            note = " · maintenance" if engine.in_maintenance(service, r.name) else ""
+            yield (
+                f"<tr><th>{_e(r.name)} <small>{_e(r.role)} · priority {r.priority}{note}"
+                "</small></th>"
+            )
             yield "".join(_cell(by_cell.get((service, r.name, i.name), [])) for i in images)
             yield "</tr>"
         yield "</table>"

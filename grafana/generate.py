@@ -536,6 +536,21 @@ def overview() -> dm.Dashboard:
         "short",
         steps((None, "red"), (2, "green")),
     )
+    maintenance = single(
+        "Maintenance",
+        "service_target_region:failover_region_maintenance:max: a region in maintenance (config "
+        "`maintenance: true` or POST /-/maintenance on an exporter) is out of the failover "
+        "choice, and its page and standby tickets are suppressed by the rules.",
+        [
+            query(
+                f"service_target_region:failover_region_maintenance:max{sel(*RULE)}",
+                "{{service}} {{target_region}}",
+            )
+        ],
+        "none",
+        steps((None, "green"), (1, "blue")),
+        mapping(v0=("in service", "green"), v1=("MAINTENANCE", "blue")),
+    )
     matrix = (
         instant_table(
             "Health matrix: $service",
@@ -674,6 +689,7 @@ def overview() -> dm.Dashboard:
             ready,
             healthy,
             voting.span(24).height(4),
+            maintenance.span(24).height(4),
             row("Region × vantage"),
             matrix,
             isolated.height(8),

@@ -16,6 +16,9 @@ from exporter.engine import Engine
 
 MakeConfig = Callable[[str], Config]
 
+# Driven-time loop and the fake probe kind for scheduler tests.
+pytest_plugins = ["tests.support.virtual_time"]
+
 
 @pytest.fixture
 def make_config(tmp_path: Path) -> MakeConfig:

@@ -52,14 +52,15 @@ control:
     probe: {kind: http, url: "http://127.0.0.1:9/healthz"}
 services:
   - name: shop
+    labels: {team: payments}
     regions:
       - {name: eu-west, role: primary, priority: 1}
-      - {name: us-east, role: standby, priority: 2}
+      - {name: us-east, role: standby, priority: 2, maintenance: true}
     images:
       - {name: slim, ref: "example/shop:slim"}
       - {name: full, ref: "example/shop:full"}
     targets:
-      - {name: eu-slim, region: eu-west, image: slim,
+      - {name: eu-slim, region: eu-west, image: slim, labels: {tier: gold},
          probe: {kind: http, url: "http://127.0.0.1:9/healthz"}}
       - {name: us-full-db, region: us-east, image: full, interval: 10s,
          probe: {kind: tcp, address: "127.0.0.1:9"}}
@@ -132,7 +133,8 @@ async def test_golden_metrics(tmp_path: Path) -> None:
     m.max_concurrency.set(cfg.max_concurrency)
     m.in_flight.set(0)
     m.overloaded.set(0)
-    body = await exposition.render(golden_states(cfg), cfg.regions, registry)
+    fleet = exposition.fleet_lines(cfg, {})
+    body = await exposition.render(golden_states(cfg), cfg.regions, registry, fleet)
     text = normalise(body.decode())
     if os.environ.get("UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)

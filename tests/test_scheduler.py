@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import metrics
+from exporter.config import Config
 from exporter.metrics import SelfMetrics
 from exporter.resources import Resources
 from exporter.scheduler import Limiter, Scheduler, phase_offset
 from exporter.web import ENGINE
 from tests.conftest import MakeClient, MakeConfig
+from tests.support.virtual_time import FakeProbes, VirtualTimeLoop, run_virtual, settle
 
 
 class CountingServer:
@@ -115,17 +116,28 @@ def config_text(
     return "\n".join(line for line in lines if line) + "\n"
 
 
-@pytest.fixture
-async def scheduler() -> AsyncIterator[tuple[Scheduler, CollectorRegistry]]:
+def new_scheduler(overload_window: int = 2) -> tuple[Scheduler, CollectorRegistry, Resources]:
+    """A scheduler with its own registry; a 2 s overload window instead of 30 s, so the gauge
+    can be seen turning off in a test."""
     registry = CollectorRegistry()
     resources = Resources()
-    # A 2 s overload window instead of 30 s, so the gauge can be seen turning off in a test.
-    sched = Scheduler(SelfMetrics(registry), resources, overload_window=2)
-    try:
-        yield sched, registry
-    finally:
-        await sched.stop()
-        await resources.aclose()
+    return Scheduler(SelfMetrics(registry), resources, overload_window), registry, resources
+
+
+def on_driven(
+    body: Callable[[VirtualTimeLoop, Scheduler, CollectorRegistry], Awaitable[None]],
+) -> None:
+    """Run `body` with a fresh scheduler on the driven-time loop; stop and close it after."""
+
+    async def main(loop: VirtualTimeLoop) -> None:
+        sched, registry, resources = new_scheduler()
+        try:
+            await body(loop, sched, registry)
+        finally:
+            await sched.stop()
+            await resources.aclose()
+
+    run_virtual(main)
 
 
 async def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
@@ -141,28 +153,24 @@ def probes_of(sched: Scheduler) -> dict[str, int]:
     return {st.target.name: st.probes for st in sched.snapshot()}
 
 
-def on_phase(arrival: float, offset: float, period: float) -> bool:
-    """The request came at its slot (offset + k * period) or a little after it.
-
-    Lateness up to 0.6 s is allowed for a machine busy with other work; a wrong phase would put
-    a good part of many targets' arrivals anywhere in the period.
-    """
-    late = (arrival - offset) % period
-    return late < 0.6 or late > period - 0.01
+def on_slot(at: float, offset: float, period: float) -> bool:
+    """`at` is one of the slots offset + k * period (the driven clock has no lateness)."""
+    late = (at - offset) % period
+    return min(late, period - late) < 1e-6
 
 
 # -- spread and intervals ------------------------------------------------------------------
+#
+# These run on the driven-time loop (tests/support/virtual_time.py) with the http kind's run
+# swapped for FakeProbes: what is under test is the scheduler's timers, counted at the probe.
 
 
-async def test_offsets_are_deterministic_spread_and_survive_reload(
-    make_config: MakeConfig,
-    counting_server: StartServer,
-    scheduler: tuple[Scheduler, CollectorRegistry],
+def test_offsets_are_deterministic_spread_and_survive_reload(
+    make_config: MakeConfig, fake_probes: FakeProbes
 ) -> None:
-    sched, _ = scheduler
-    srv = await counting_server()
+    fake = fake_probes
     names = [f"t{i:02d}" for i in range(40)]
-    targets = {n: srv.url(n) for n in names}
+    targets = {n: fake.url(n) for n in names}
     cfg = make_config(config_text(targets, "interval: 1s, timeout: 500ms"))
     offsets = {t.name: phase_offset(t) for t in cfg.targets}
     assert all(0 <= o < 1 for o in offsets.values())
@@ -171,63 +179,66 @@ async def test_offsets_are_deterministic_spread_and_survive_reload(
     assert len(slices) >= 8, slices
     assert max(slices.values()) <= 10, slices
 
-    sched.apply(cfg)
-    assert await wait_for(lambda: all(srv.count[n] >= 1 for n in names), 2.5)
-    first = sorted(srv.arrivals[n][0] for n in names)
-    assert first[-1] - first[0] > 0.6, "first probes came in a burst"
-    for n in names:
-        assert on_phase(srv.arrivals[n][0], offsets[n], 1.0), n
+    async def body(loop: VirtualTimeLoop, sched: Scheduler, _: CollectorRegistry) -> None:
+        sched.apply(cfg)
+        assert await settle(loop, lambda: all(fake.count[n] >= 1 for n in names), 2.5)
+        first = sorted(fake.arrivals[n][0] for n in names)
+        assert first[-1] - first[0] > 0.6, "first probes came in a burst"
+        for n in names:
+            assert on_slot(fake.arrivals[n][0], offsets[n], 1.0), n
 
-    # Reload: one target changed (new URL), one added, the rest unchanged. Every target that
-    # stays keeps its phase, so the reload causes no burst and no extra probe.
-    changed = dict(targets, t00=srv.url("t00") + "?v=2", extra=srv.url("extra"))
-    cfg2 = make_config(config_text(changed, "interval: 1s, timeout: 500ms"))
-    assert {t.name: phase_offset(t) for t in cfg2.targets if t.name in offsets} == offsets
-    reloaded_at = asyncio.get_running_loop().time()
-    before = dict(srv.count)
-    sched.apply(cfg2)
-    assert await wait_for(lambda: all(srv.count[n] >= before[n] + 1 for n in names), 2.5)
-    for n in names:
-        after = [a for a in srv.arrivals[n] if a > reloaded_at]
-        assert on_phase(after[0], offsets[n], 1.0), n
-    for n in names[1:]:
-        gaps = [b - a for a, b in itertools.pairwise(srv.arrivals[n])]
-        assert min(gaps) > 0.5, f"{n} probed twice in one interval around the reload: {gaps}"
+        # Reload: one target changed (new URL), one added, the rest unchanged. Every target
+        # that stays keeps its phase, so the reload causes no burst and no extra probe.
+        changed = dict(targets, t00=fake.url("t00") + "?v=2", extra=fake.url("extra"))
+        cfg2 = make_config(config_text(changed, "interval: 1s, timeout: 500ms"))
+        assert {t.name: phase_offset(t) for t in cfg2.targets if t.name in offsets} == offsets
+        reloaded_at = loop.time()
+        before = dict(fake.count)
+        sched.apply(cfg2)
+        assert await settle(loop, lambda: all(fake.count[n] >= before[n] + 1 for n in names), 2.5)
+        for n in names:
+            after = [a for a in fake.arrivals[n] if a > reloaded_at]
+            assert on_slot(after[0], offsets[n], 1.0), n
+        for n in names[1:]:
+            gaps = [b - a for a, b in itertools.pairwise(fake.arrivals[n])]
+            assert gaps == pytest.approx([1.0] * len(gaps)), f"{n} around the reload: {gaps}"
+
+    on_driven(body)
 
 
-async def test_each_target_on_its_own_interval_and_self_histograms(
-    make_config: MakeConfig,
-    counting_server: StartServer,
-    scheduler: tuple[Scheduler, CollectorRegistry],
+def test_each_target_on_its_own_interval_and_self_histograms(
+    make_config: MakeConfig, fake_probes: FakeProbes
 ) -> None:
-    sched, registry = scheduler
-    srv = await counting_server()
+    fake = fake_probes
     cfg = make_config(
         config_text(
-            {"fast": srv.url("fast"), "slow": srv.url("slow")},
+            {"fast": fake.url("fast"), "slow": fake.url("slow")},
             "interval: 100ms, timeout: 50ms",
             {"slow": ", interval: 300ms"},
         )
     )
-    sched.apply(cfg)
-    await asyncio.sleep(1.55)
-    await sched.stop()
-    fast, slow = srv.arrivals["fast"], srv.arrivals["slow"]
-    assert 10 <= len(fast) <= 16, len(fast)
-    assert 3 <= len(slow) <= 6, len(slow)
-    fast_gap = statistics.median(b - a for a, b in itertools.pairwise(fast))
-    slow_gap = statistics.median(b - a for a, b in itertools.pairwise(slow))
-    assert fast_gap == pytest.approx(0.1, abs=0.04)
-    assert slow_gap == pytest.approx(0.3, abs=0.06)
 
-    # Every probe that started observed its start delay; the loop-lag timer ran all along.
-    started = registry.get_sample_value("failover_exporter_probe_start_delay_seconds_count")
-    finished = sum(probes_of(sched).values())
-    assert started is not None
-    assert finished <= started <= finished + 2
-    lag = registry.get_sample_value("failover_exporter_event_loop_lag_seconds_count")
-    assert lag is not None
-    assert lag >= 4
+    async def body(loop: VirtualTimeLoop, sched: Scheduler, registry: CollectorRegistry) -> None:
+        sched.apply(cfg)
+        await asyncio.sleep(1.55)
+        await sched.stop()
+        fast, slow = fake.arrivals["fast"], fake.arrivals["slow"]
+        assert len(fast) in (15, 16), len(fast)
+        assert len(slow) in (5, 6), len(slow)
+        fast_gaps = [b - a for a, b in itertools.pairwise(fast)]
+        slow_gaps = [b - a for a, b in itertools.pairwise(slow)]
+        assert fast_gaps == pytest.approx([0.1] * len(fast_gaps))
+        assert slow_gaps == pytest.approx([0.3] * len(slow_gaps))
+
+        # Every probe that started observed its start delay; the loop-lag timer ran all along.
+        started = registry.get_sample_value("failover_exporter_probe_start_delay_seconds_count")
+        finished = sum(probes_of(sched).values())
+        assert started == finished == len(fast) + len(slow)
+        lag = registry.get_sample_value("failover_exporter_event_loop_lag_seconds_count")
+        assert lag is not None
+        assert lag >= 6  # one sample per 0.25 s
+
+    on_driven(body)
 
 
 # -- overrun and the concurrency cap -------------------------------------------------------
@@ -239,99 +250,102 @@ def skipped(registry: CollectorRegistry, reason: str) -> float:
     return value
 
 
-async def test_overrun_is_skipped_never_run_twice_at_once(
-    make_config: MakeConfig,
-    counting_server: StartServer,
-    scheduler: tuple[Scheduler, CollectorRegistry],
-    caplog: pytest.LogCaptureFixture,
+def test_overrun_is_skipped_never_run_twice_at_once(
+    make_config: MakeConfig, fake_probes: FakeProbes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sched, registry = scheduler
-    srv = await counting_server()
+    fake = fake_probes
     # Three targets each need the single slot for 120 ms every 200 ms: runs that wait for the
     # slot overrun their interval, and some waits last the whole timeout.
-    srv.default_delay = 0.12
+    fake.default_delay = 0.12
     names = ["a", "b", "c"]
     cfg = make_config(
         config_text(
-            {n: srv.url(n) for n in names}, "interval: 200ms, timeout: 150ms, max_concurrency: 1"
+            {n: fake.url(n) for n in names}, "interval: 200ms, timeout: 150ms, max_concurrency: 1"
         )
     )
-    sched.apply(cfg)
-    assert await wait_for(
-        lambda: skipped(registry, "overrun") >= 1 and skipped(registry, "concurrency") >= 1, 4
-    )
-    await asyncio.sleep(1)
-    await sched.stop()
-    # Under this overload one target can lose every wait for the slot, so only the total of
-    # probes is bounded from below.
-    assert sum(srv.count.values()) >= 5
-    for n in names:
-        assert srv.max_active[n] <= 1, n
-    assert srv.max_total_active == 1
-    # Every skip is counted; the log says so once per period instead of once per skip.
-    lines = [r for r in caplog.records if r.getMessage().startswith("probes skipped")]
-    assert len(lines) == 1, [r.getMessage() for r in lines]
-    assert skipped(registry, "concurrency") > len(lines)
+
+    async def body(loop: VirtualTimeLoop, sched: Scheduler, registry: CollectorRegistry) -> None:
+        sched.apply(cfg)
+        assert await settle(
+            loop,
+            lambda: skipped(registry, "overrun") >= 1 and skipped(registry, "concurrency") >= 1,
+            4,
+        )
+        await asyncio.sleep(1)
+        await sched.stop()
+        # Under this overload one target can lose every wait for the slot, so only the total of
+        # probes is bounded from below.
+        assert sum(fake.count.values()) >= 5
+        for n in names:
+            assert fake.max_active[n] <= 1, n
+        assert fake.max_total_active == 1
+        # Every skip is counted; the log says so once per period instead of once per skip.
+        lines = [r for r in caplog.records if r.getMessage().startswith("probes skipped")]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert skipped(registry, "concurrency") > len(lines)
+
+    on_driven(body)
 
 
-async def test_concurrency_cap_holds_at_the_server(
-    make_config: MakeConfig,
-    counting_server: StartServer,
-    scheduler: tuple[Scheduler, CollectorRegistry],
+def test_concurrency_cap_holds_at_the_probe(
+    make_config: MakeConfig, fake_probes: FakeProbes
 ) -> None:
-    sched, registry = scheduler
-    srv = await counting_server()
-    srv.default_delay = 0.1
+    fake = fake_probes
+    fake.default_delay = 0.1
     names = [f"c{i}" for i in range(10)]
     cfg = make_config(
         config_text(
-            {n: srv.url(n) for n in names}, "interval: 300ms, timeout: 250ms, max_concurrency: 3"
+            {n: fake.url(n) for n in names}, "interval: 300ms, timeout: 250ms, max_concurrency: 3"
         )
     )
-    sched.apply(cfg)
-    assert registry.get_sample_value("failover_exporter_max_concurrency") == 3
-    # Demand is 10 x 100 ms per 300 ms, more than three slots: the cap is reached, never passed.
-    assert await wait_for(lambda: srv.max_total_active >= 3, 3)
-    await asyncio.sleep(0.6)
-    await sched.stop()
-    assert srv.max_total_active == 3
-    assert max(srv.max_active.values()) == 1
+
+    async def body(loop: VirtualTimeLoop, sched: Scheduler, registry: CollectorRegistry) -> None:
+        sched.apply(cfg)
+        assert registry.get_sample_value("failover_exporter_max_concurrency") == 3
+        # Demand is 10 x 100 ms per 300 ms, more than three slots: the cap is reached, never
+        # passed.
+        assert await settle(loop, lambda: fake.max_total_active >= 3, 3)
+        await asyncio.sleep(0.6)
+        await sched.stop()
+        assert fake.max_total_active == 3
+        assert max(fake.max_active.values()) == 1
+
+    on_driven(body)
 
 
 # -- overload ------------------------------------------------------------------------------
 
 
-async def test_overloaded_gauge_turns_on_when_the_loop_is_blocked_and_off_again(
-    make_config: MakeConfig,
-    counting_server: StartServer,
-    scheduler: tuple[Scheduler, CollectorRegistry],
+def test_overloaded_gauge_turns_on_when_the_loop_is_blocked_and_off_again(
+    make_config: MakeConfig, fake_probes: FakeProbes
 ) -> None:
-    sched, registry = scheduler
-    srv = await counting_server()
-    # A budget well above scheduling noise on a busy machine; the stalls below are far above it.
+    fake = fake_probes
     cfg = make_config(
-        config_text({"x": srv.url("x")}, "interval: 200ms, timeout: 100ms, overload_delay: 150ms")
+        config_text({"x": fake.url("x")}, "interval: 200ms, timeout: 100ms, overload_delay: 150ms")
     )
 
-    def overloaded() -> float | None:
-        return registry.get_sample_value("failover_exporter_overloaded")
+    async def body(loop: VirtualTimeLoop, sched: Scheduler, registry: CollectorRegistry) -> None:
+        def overloaded() -> float | None:
+            return registry.get_sample_value("failover_exporter_overloaded")
 
-    sched.apply(cfg)
-    await asyncio.sleep(0.6)
-    assert overloaded() == 0
-    loop = asyncio.get_running_loop()
-    for _ in range(2):
-        # Deliberately freeze the event loop, as a blocking call in a probe would.
-        loop.call_soon(time.sleep, 0.4)
-        await asyncio.sleep(0.3)
-    assert await wait_for(lambda: overloaded() == 1, 3), "overload not reported"
-    assert sched.overloaded()
-    le = registry.get_sample_value("failover_exporter_event_loop_lag_seconds_bucket", {"le": "0.1"})
-    count = registry.get_sample_value("failover_exporter_event_loop_lag_seconds_count")
-    assert le is not None
-    assert count is not None
-    assert count - le >= 2, "the stalls are not in the loop-lag histogram"
-    assert await wait_for(lambda: overloaded() == 0, 6), "overload never cleared"
+        sched.apply(cfg)
+        await asyncio.sleep(0.6)
+        assert overloaded() == 0
+        for _ in range(2):
+            # Freeze the event loop for 0.4 s, as a blocking call in a probe would.
+            loop.call_soon(loop.advance, 0.4)
+            await asyncio.sleep(0.3)
+        assert await settle(loop, lambda: overloaded() == 1, 3), "overload not reported"
+        assert sched.overloaded()
+        bucket = "failover_exporter_event_loop_lag_seconds_bucket"
+        le = registry.get_sample_value(bucket, {"le": "0.1"})
+        count = registry.get_sample_value("failover_exporter_event_loop_lag_seconds_count")
+        assert le is not None
+        assert count is not None
+        assert count - le >= 2, "the stalls are not in the loop-lag histogram"
+        assert await settle(loop, lambda: overloaded() == 0, 6), "overload never cleared"
+
+    on_driven(body)
 
 
 # -- shutdown ------------------------------------------------------------------------------
@@ -532,35 +546,35 @@ async def test_reloads_while_probing_lose_and_double_nothing(
         assert srv.max_active[n] == 1, n
 
 
-async def test_concurrency_cap_holds_across_a_reload_that_changes_it(
-    make_config: MakeConfig,
-    counting_server: StartServer,
-    scheduler: tuple[Scheduler, CollectorRegistry],
+def test_concurrency_cap_holds_across_a_reload_that_changes_it(
+    make_config: MakeConfig, fake_probes: FakeProbes
 ) -> None:
-    sched, _ = scheduler
-    srv = await counting_server()
-    srv.default_delay = 0.15
+    fake = fake_probes
+    fake.default_delay = 0.15
     names = [f"c{i}" for i in range(12)]
-    targets = {n: srv.url(n) for n in names}
-    sched.apply(
-        make_config(config_text(targets, "interval: 250ms, timeout: 200ms, max_concurrency: 4"))
-    )
-    assert await wait_for(lambda: srv.total_active >= 4, 3)
-    # Probes holding a slot of the old cap count against the new one: no probe starts until
-    # fewer than two are in flight, so no arrival after the reload sees more than two.
-    srv.max_total_active = 0
-    sched.apply(
-        make_config(config_text(targets, "interval: 250ms, timeout: 200ms, max_concurrency: 2"))
-    )
-    await asyncio.sleep(1.0)
-    assert srv.max_total_active == 2
-    sched.apply(
-        make_config(config_text(targets, "interval: 250ms, timeout: 200ms, max_concurrency: 3"))
-    )
-    srv.max_total_active = 0
-    await asyncio.sleep(0.8)
-    await sched.stop()
-    assert srv.max_total_active == 3
+    targets = {n: fake.url(n) for n in names}
+
+    def cfg(cap: int) -> Config:
+        return make_config(
+            config_text(targets, f"interval: 250ms, timeout: 200ms, max_concurrency: {cap}")
+        )
+
+    async def body(loop: VirtualTimeLoop, sched: Scheduler, _: CollectorRegistry) -> None:
+        sched.apply(cfg(4))
+        assert await settle(loop, lambda: fake.total_active >= 4, 3)
+        # Probes holding a slot of the old cap count against the new one: no probe starts until
+        # fewer than two are in flight, so no arrival after the reload sees more than two.
+        fake.max_total_active = 0
+        sched.apply(cfg(2))
+        await asyncio.sleep(1.0)
+        assert fake.max_total_active == 2
+        sched.apply(cfg(3))
+        fake.max_total_active = 0
+        await asyncio.sleep(0.8)
+        await sched.stop()
+        assert fake.max_total_active == 3
+
+    on_driven(body)
 
 
 async def test_limiter_passes_on_a_slot_granted_to_a_cancelled_waiter() -> None:

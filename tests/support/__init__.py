@@ -1,0 +1,1 @@
+"""Shared test servers, builders and drivers (no test module imports another)."""
