@@ -163,7 +163,6 @@ def _query(p: Dns) -> dns.message.Message:
 
 
 async def run(p: Dns, ctx: ProbeContext) -> None:
-    import dns.asyncquery
     import dns.flags
     import dns.rcode
 
