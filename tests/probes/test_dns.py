@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -311,3 +312,15 @@ async def test_port_unreachable_is_connect(run_probe: RunProbe) -> None:
     port = _free_port()
     result = await run_probe(probe(f"127.0.0.1:{port}", "x.test."))
     assert result.reason == "connect", result.message
+
+
+def test_dnspython_imported_only_for_dns_targets() -> None:
+    # Loading every probe kind (as the schema does) must not load dnspython.
+    code = (
+        "import sys, exporter.app, exporter.probes\n"
+        "print(sorted(m for m in sys.modules if m == 'dns' or m.startswith('dns.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout
