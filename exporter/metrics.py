@@ -72,6 +72,16 @@ class Reason(StrEnum):
     NOT_SERVING = "not_serving"
     SERVICE_UNKNOWN = "service_unknown"
     UNIMPLEMENTED = "unimplemented"
+    # dns: rcodes with a reason of their own, any other unexpected rcode, a reply cut short,
+    # answer-section checks, authority/additional checks, and a missing AD bit.
+    NXDOMAIN = "nxdomain"
+    SERVFAIL = "servfail"
+    REFUSED = "refused"
+    RCODE = "rcode"
+    TRUNCATED = "truncated"
+    ANSWER_MISMATCH = "answer_mismatch"
+    SECTION = "section_mismatch"
+    DNSSEC = "dnssec"
     ERROR = "error"
 
 
@@ -149,7 +159,8 @@ PROBE_PHASE = MetricSpec(
     "failover_probe_phase_duration_seconds",
     Type.GAUGE,
     "Duration of each phase of the last probe (http: dns, connect, tls, first_byte, transfer; "
-    "tcp: dns, connect, tls, expect; postgres: connect, read, write; icmp: dns, rtt).",
+    "tcp: dns, connect, tls, expect; postgres: connect, read, write; icmp: dns, rtt; "
+    "dns: dns, udp, tcp).",
     Scope.TARGET,
     labels=("phase",),
 )
@@ -252,6 +263,27 @@ ICMP_LOST = MetricSpec(
     "Echo requests of icmp probes that got no reply before the probe ended. A probe succeeds "
     "when at least one reply came back; each reply's round trip is one observation of "
     "failover_probe_duration_seconds.",
+    Scope.TARGET,
+)
+
+DNS_RCODE = MetricSpec(
+    "failover_dns_rcode",
+    Type.GAUGE,
+    "Response code of the last dns probe's reply (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, 5 REFUSED); "
+    "-1 when no reply arrived.",
+    Scope.TARGET,
+)
+DNS_ANSWERS = MetricSpec(
+    "failover_dns_answer_records",
+    Type.GAUGE,
+    "Records in the answer section of the last dns probe's reply (0 when none arrived).",
+    Scope.TARGET,
+)
+DNS_ANSWER_TTL = MetricSpec(
+    "failover_dns_answer_ttl_seconds",
+    Type.GAUGE,
+    "Largest TTL in the answer section of the last dns probe's reply: the longest a cache may "
+    "keep that answer.",
     Scope.TARGET,
 )
 
@@ -451,6 +483,9 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     IMAGE_PULL,
     ICMP_SENT,
     ICMP_LOST,
+    DNS_RCODE,
+    DNS_ANSWERS,
+    DNS_ANSWER_TTL,
     REGION_INFO,
     REGION_PRIORITY,
     REGION_MAINTENANCE,

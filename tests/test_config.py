@@ -480,3 +480,28 @@ def test_non_utf8_config_names_line_and_column(tmp_path: Path, data: bytes, wher
     assert (
         str(issue).replace(str(path), "c.yml").startswith(f"{where}: cannot read config: not UTF-8")
     )
+
+
+def test_dns_settings(tmp_path: Path) -> None:
+    ok = BASE + (
+        "      - name: d\n        region: eu\n"
+        "        probe: {kind: dns, server: '[::1]:5353', name: shop.example., type: AAAA}\n"
+    )
+    path = tmp_path / "ok.yml"
+    path.write_text(ok)
+    cfg = config.load(path)
+    (target,) = [t for t in cfg.targets if t.kind == "dns"]
+    assert (target.prepared.host, target.prepared.port) == ("::1", 5353)
+    # Schema errors first; prepare errors (the regex) once the schema passes.
+    bad = "        probe: {kind: dns, server: 'h', name: x., type: PTR}\n"
+    assert errors(tmp_path, BASE + "      - name: e\n        region: eu\n" + bad) == [
+        "c.yml:16: services[0].targets[1].probe.server: must be host:port "
+        "(write an IPv6 address in brackets: [2001:db8::1]:port)",
+        "c.yml:16: services[0].targets[1].probe.type: "
+        "Input should be 'A', 'AAAA', 'CNAME', 'MX', 'TXT', 'SRV', 'NS' or 'SOA'",
+    ]
+    regex = "        probe: {kind: dns, server: 'h:53', name: x., answers_must_match: ['(']}\n"
+    assert errors(tmp_path, BASE + "      - name: d\n        region: eu\n" + regex) == [
+        "c.yml:16: services[0].targets[1].probe.answers_must_match[0]: "
+        "invalid regular expression: missing ), unterminated subpattern at position 0"
+    ]
