@@ -201,20 +201,23 @@ def main() -> str:
         "# and 15 s scrape cycles, partition, isolation, lost probes, 2 % loss, short history, and the\n",
         "# standby choice (numeric priority, not-ready standbys skipped). Regions: eu primary (1),\n",
         '# us standby (priority 10), ap standby (priority 2): ap is first although "10" < "2" as text.\n',
-        "rule_files:\n  - ../rules/failover.rules.yml\n  - ../alerts/failover.alerts.yml\n",
+        "rule_files:\n  - ../rules/regional.rules.yml\n  - ../rules/global.rules.yml\n  - ../alerts/failover.alerts.yml\n",
         "evaluation_interval: 15s\n",
         "group_eval_order:\n"
         + "".join(
             f"  - {g}\n"
             for g in (
+                "failover.vantage.quorum",
+                "failover.vantage.slo",
+                "failover.exporter",
+                "failover.network",
+                "failover.vantage.fleet",
                 "failover.budgets",
                 "failover.quorum",
                 "failover.readiness",
                 "failover.images",
                 "failover.ranking",
                 "failover.slo",
-                "failover.exporter",
-                "failover.network",
                 "failover.fleet",
                 "failover.region.alerts",
                 "failover.images.alerts",

@@ -22,9 +22,13 @@ import yaml
 from tests.tools import need
 
 ROOT = Path(__file__).resolve().parent.parent
-RULE_FILES = sorted(
-    str(p) for d in ("rules", "alerts") for p in (ROOT / "prometheus" / d).glob("*.yml")
-)
+# Both tiers and the alerts: one Prometheus that loads them all judges as a two-tier setup would.
+REGIONAL_RULE_FILES = [str(ROOT / "prometheus" / "rules" / "regional.rules.yml")]
+GLOBAL_RULE_FILES = [
+    str(ROOT / "prometheus" / "rules" / "global.rules.yml"),
+    *sorted(str(p) for p in (ROOT / "prometheus" / "alerts").glob("*.yml")),
+]
+RULE_FILES = REGIONAL_RULE_FILES + GLOBAL_RULE_FILES
 
 
 def free_port() -> int:

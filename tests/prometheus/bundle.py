@@ -17,9 +17,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "prometheus"
-RULES = PROMETHEUS / "rules" / "failover.rules.yml"
+# Two tiers (docs/deploy.md): the regional file runs next to each vantage's data, the global one
+# (and the alerts) where every vantage arrives. In this order, one Prometheus loads them all.
+REGIONAL_RULES = PROMETHEUS / "rules" / "regional.rules.yml"
+GLOBAL_RULES = PROMETHEUS / "rules" / "global.rules.yml"
+RULES = (REGIONAL_RULES, GLOBAL_RULES)
 ALERTS = PROMETHEUS / "alerts" / "failover.alerts.yml"
-RULE_FILES = (RULES, ALERTS)
+RULE_FILES = (*RULES, ALERTS)
 RULE_TESTS = tuple(sorted((PROMETHEUS / "tests").glob("*.test.yml")))
 ALERTMANAGER = PROMETHEUS / "alertmanager" / "alertmanager.yml"
 ROUTE_TESTS = PROMETHEUS / "alertmanager" / "tests" / "routes.txt"
@@ -38,6 +42,11 @@ DASHBOARD_BASE = "https://grafana.example.com/d/"
 def load_yaml(path: Path) -> Any:
     """Parsed once per run; callers must not modify the result."""
     return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+
+
+def rules_text() -> str:
+    """The recording rules of both tiers, as one text."""
+    return "".join(p.read_text() for p in RULES)
 
 
 def rules(path: Path) -> Iterator[dict[str, Any]]:

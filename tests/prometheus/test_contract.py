@@ -66,7 +66,7 @@ def test_every_label_in_the_rules_is_in_the_contract() -> None:
 
 
 def test_every_exporter_series_is_selected_with_the_job_selector() -> None:
-    """The one `job` convention (see the header of failover.rules.yml)."""
+    """The one `job` convention (see the header of the rule files)."""
     raw = exposed() | {"up"}
     for path in bundle.RULE_FILES:
         for rule in bundle.rules(path):
@@ -78,13 +78,13 @@ def test_every_exporter_series_is_selected_with_the_job_selector() -> None:
 
 
 def test_role_values_used_by_the_rules_exist() -> None:
-    text = bundle.RULES.read_text() + bundle.ALERTS.read_text()
+    text = bundle.rules_text() + bundle.ALERTS.read_text()
     used = set(re.findall(r'role\s*!?=\s*"([^"]+)"', text))
     assert used == {r.value for r in metrics.Role}
 
 
 def test_slo_threshold_is_an_exported_bucket_and_matches_its_constant() -> None:
-    text = bundle.RULES.read_text()
+    text = bundle.rules_text()
     thresholds = set(re.findall(r'\ble="([^"]+)"', text))
     assert len(thresholds) == 1, thresholds
     (threshold,) = thresholds

@@ -236,3 +236,38 @@ def test_rank_expressions_compare_with_the_kth_fastest_for_every_k() -> None:
     for rule in ranks:
         ks = [int(k) for k in re.findall(r"bottomk without \(image\) \((\d+),", rule["expr"])]
         assert ks == list(range(1, 10)), rule["record"]
+
+
+def _aggregation_drops_vantage(expr: str) -> bool:
+    """True when an aggregation in `expr` removes the `vantage` label."""
+    for m in re.finditer(r"\b(without|by)\s*\(([^)]*)\)", expr):
+        names = {n.strip() for n in m.group(2).split(",") if n.strip()}
+        if (m.group(1) == "without") == ("vantage" in names):
+            return True
+    return False
+
+
+def test_the_regional_tier_keeps_one_vantage_per_series() -> None:
+    """Regional rules run on a Prometheus that sees one vantage: none may need another one."""
+    global_records = {r["record"] for r in bundle.rules(bundle.GLOBAL_RULES) if "record" in r}
+    regional = [r for r in bundle.rules(bundle.REGIONAL_RULES)]
+    assert regional
+    for rule in regional:
+        name = rule["record"]
+        assert name.split(":")[0].split("_")[0] in {"vantage", "instance"}, name
+        assert not _aggregation_drops_vantage(rule["expr"]), name
+        read = {s.metric for s in bundle.scan(rule["expr"]).selectors}
+        assert not read & global_records, f"{name} reads the global tier: {read & global_records}"
+
+
+def test_the_tier_check_notices_a_cross_vantage_aggregation() -> None:
+    assert _aggregation_drops_vantage("count without (vantage) (x)")
+    assert _aggregation_drops_vantage("max by (service) (x)")
+    assert not _aggregation_drops_vantage("avg without (instance, role) (x)")
+    assert not _aggregation_drops_vantage("count by (vantage) (x)")
+
+
+def test_the_global_tier_records_nothing_per_vantage() -> None:
+    """The per-vantage records live in one tier only, so remote-written copies never collide."""
+    for rule in bundle.rules(bundle.GLOBAL_RULES):
+        assert not rule["record"].startswith(("vantage", "instance")), rule["record"]

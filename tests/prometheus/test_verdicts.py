@@ -58,7 +58,7 @@ def test_the_bundle_selects_probe_kinds_as_the_registry_declares() -> None:
         assert not re.search(r'probe\s*!~?\s*\\?"', text), f"{name}: probe deny-list selector"
         for value in re.findall(r'probe\s*=~\s*\\?"([^"\\]*)', text):
             assert value in allowed, f"{name}: probe=~{value!r} is not a declared class {allowed}"
-    rules = bundle.RULES.read_text()
+    rules = bundle.rules_text()
     vote = bundle_probe_regex("votes_in_quorum")
     rank = bundle_probe_regex("ranks_images")
     assert rules.count(f'probe=~"{vote}"') >= 2
