@@ -4,6 +4,7 @@ and against UDP sockets the test writes (silence, garbage)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import sys
@@ -14,8 +15,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from exporter import metrics
+from exporter import exposition, metrics
+from exporter.probes.base import REGISTRY
+from exporter.state import TargetState
 from tests.probes.conftest import RunProbe
 from tests.tools import need
 
@@ -237,6 +241,42 @@ async def test_zone_change_seen_after_reload(run_probe: RunProbe, knot: Knot) ->
         assert (await run_probe(flipped)).success
     finally:
         knot.set_www("192.0.2.1", serial=3)
+        knot.wait_for("192.0.2.1")
+
+
+async def _points_to(result: Any) -> dict[str, str]:
+    """answer_region -> value of failover_dns_answer_points_to, as /metrics renders it."""
+    state = TargetState(result.target, REGISTRY["dns"].reasons)
+    state.record(result)
+    text = (await exposition.render([state], [], CollectorRegistry())).decode()
+    found = re.findall(r'failover_dns_answer_points_to\{.*answer_region="([^"]+)"\} (\S+)', text)
+    return dict(found)
+
+
+async def test_answer_points_to_region_and_follows_a_flip(run_probe: RunProbe, knot: Knot) -> None:
+    server = f"127.0.0.1:{knot.port}"
+    regions = {
+        "eu-west": ["192.0.2.0/28"],
+        "us-east": ["198.51.100.200", "lb.us-east.example.test."],
+    }
+    check = probe(server, "www.example.test.", regions=regions)
+    result = await run_probe(check)
+    assert result.success, result.message
+    assert await _points_to(result) == {"eu-west": "1", "us-east": "0"}
+    # A CNAME answer points at its target's region (the chain's A record is in no region).
+    alias = await run_probe(probe(server, "alias.example.test.", regions=regions))
+    assert await _points_to(alias) == {"eu-west": "0", "us-east": "1"}
+    # No usable reply points nowhere, never at the last answer's region.
+    missing = await run_probe(probe(server, "nope.example.test.", regions=regions))
+    assert missing.reason == "nxdomain"
+    assert await _points_to(missing) == {"eu-west": "0", "us-east": "0"}
+    knot.set_www("198.51.100.200", serial=4)
+    try:
+        knot.wait_for("198.51.100.200")
+        flipped = await run_probe(check)
+        assert await _points_to(flipped) == {"eu-west": "0", "us-east": "1"}
+    finally:
+        knot.set_www("192.0.2.1", serial=5)
         knot.wait_for("192.0.2.1")
 
 
