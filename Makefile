@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_WORKERS ?= 2
 LISTEN ?= :10077
 
-.PHONY: demo test lint format system-deps bench clean dashboards soak
+.PHONY: demo test lint format system-deps bench perf clean dashboards soak
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -45,11 +45,13 @@ dashboards: $(STAMP)
 
 # Side-by-side performance run against blackbox_exporter (root; ~12 min), then the fleet scale
 # table (memory, scrape bytes and config load time per target; SCALE_SIZES=1000,10000,50000).
-# Not part of `test`.
+# Not part of `test`. The harness lives in perf/, not bench/, so it is not mistaken for
+# `failover-exporter bench` (the image ranking command); `make perf` is the same target.
+perf: bench
 bench: $(STAMP)
-	@bench/system-deps
-	$(PY) bench/run.py $(BENCH_ARGS)
-	$(PY) bench/scale.py $(SCALE_SIZES)
+	@perf/system-deps
+	$(PY) perf/run.py $(BENCH_ARGS)
+	$(PY) perf/scale.py $(SCALE_SIZES)
 
 # 30 minutes of a real exporter on a few hundred healthy and hostile targets, reloaded and scraped
 # throughout; RSS, fds and tasks must stay flat. Not part of `test` (which runs 2 minutes of it).

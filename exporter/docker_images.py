@@ -19,9 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import docker
-import docker.errors
-import requests
 from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import Field, field_validator, model_validator
 from yarl import URL
@@ -203,6 +200,12 @@ class DockerHandle:
         )
 
     def _make_client(self) -> Any:
+        # The SDK (with requests and urllib3) is imported when a handle is opened, not when the
+        # module is: the settings models here are part of every config's schema, and most
+        # exporters have no Docker endpoint (tests/test_lazy_imports.py).
+        import docker
+        import docker.tls
+
         s = self.settings
         tls: Any = False
         if s.tls is not None:
@@ -222,6 +225,9 @@ class DockerHandle:
 
     async def call(self, what: str, func: Callable[[Any], T], timeout: float | None = None) -> T:  # noqa: ASYNC109
         """Run `func(client)` in the pool; every failure becomes a DockerError."""
+        import docker.errors
+        import requests
+
         limit = self.settings.call_timeout if timeout is None else timeout
         client = self.client
         try:

@@ -32,7 +32,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STEP = 0.002
 LINES = 2048
 # gzip level 1: a third of the default level's (6) CPU on this repetitive text, for a body
-# about 18 % larger (ratio 34 instead of 40 at 10,000 targets; bench/render.py).
+# about 18 % larger (ratio 34 instead of 40 at 10,000 targets; perf/render.py).
 GZIP_LEVEL = 1
 # Targets rendered between looks at the clock: a histogram family is ~20 lines per target.
 _BATCH = 32
@@ -75,7 +75,7 @@ def _header(spec: MetricSpec) -> str:
 
 # One function per bucket layout that writes a target's bucket lines as a single f-string: one
 # string for the ~18 lines instead of one each, 15-20 % less CPU for a histogram family than a
-# line at a time (bench/render.py). Made from source, like namedtuple's methods; the only text
+# line at a time (perf/render.py). Made from source, like namedtuple's methods; the only text
 # put into the source is the `le` values, checked to be number text.
 _BLOCKS: dict[tuple[float, ...], Callable[..., str]] = {}
 _NUMBER_TEXT = frozenset("0123456789.e+-InfNa")
@@ -100,7 +100,7 @@ def _bucket_block(buckets: tuple[float, ...]) -> Callable[..., str]:
 
 
 # A renderer appends the lines of one family for some targets to `out` and returns how many
-# lines it added. Lines are f-strings: measured in the chunked flow (bench/render.py), a
+# lines it added. Lines are f-strings: measured in the chunked flow (perf/render.py), a
 # %-template filled once per target's histogram or reason set was no faster.
 Renderer = Callable[[list[str], Sequence[TargetState]], int]
 

@@ -13,10 +13,20 @@ from aiohttp.http_exceptions import HttpProcessingError
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+# The last second's text: every probe writes two or three debug lines stamped within the same
+# second, and gmtime + strftime were most of a line's cost on the probe path (cProfile, #20).
+_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def rfc3339(ts: float) -> str:
     """UTC with millisecond precision and the zone, as Prometheus' own logs write times."""
     millis = int(ts * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{millis:03d}Z"
+    whole = int(ts // 1)
+    cached, text = _second[0]
+    if cached != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = (whole, text)
+    return f"{text}.{millis:03d}Z"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -8,8 +8,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from exporter.fields import FileName, Model, SettingError
 
 
@@ -91,6 +89,10 @@ def _build(settings: TlsSettings, base_dir: Path, prefix: str) -> ssl.SSLContext
 
 @functools.lru_cache(maxsize=512)
 def _not_after(der: bytes) -> float:
+    # cryptography (about 8 MiB of RSS with OpenSSL bindings) is loaded by the first TLS probe,
+    # not by every exporter (tests/test_lazy_imports.py).
+    from cryptography import x509
+
     return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
 
 

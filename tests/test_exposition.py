@@ -68,6 +68,8 @@ services:
          probe: {kind: http, url: "http://127.0.0.1:9/x"}}
       - {name: eu-grpc, region: eu-west, image: slim,
          probe: {kind: grpc, address: "127.0.0.1:9", service: shop.Cart}}
+      - {name: eu-dns, region: eu-west, image: slim,
+         probe: {kind: dns, server: "127.0.0.1:9", name: shop.example., type: A}}
 """
 
 
@@ -84,6 +86,13 @@ def fixed_result(target: Target, n: int, success: bool) -> Result:
         if target.kind != "tcp" or success
         else {"connect": 0.5},
         debug=["debug line"],
+        gauges={
+            metrics.DNS_RCODE.name: 0.0,
+            metrics.DNS_ANSWERS.name: 2.0,
+            metrics.DNS_ANSWER_TTL.name: 60.0,
+        }
+        if target.kind == "dns"
+        else {},
     )
 
 

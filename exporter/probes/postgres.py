@@ -20,10 +20,9 @@ import re
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import asyncpg
 from pydantic import PrivateAttr, SecretStr, model_validator
 
 from exporter.fields import (
@@ -39,6 +38,9 @@ from exporter.fields import (
 from exporter.metrics import POSTGRES_IN_RECOVERY, POSTGRES_LAG, POSTGRES_REPLAY_LAG, Reason
 from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
 from exporter.tlsconf import TlsSettings, client_context
+
+if TYPE_CHECKING:
+    import asyncpg
 
 _TABLE = re.compile(r"[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?")
 _APPLICATION_NAME = "failover_exporter"
@@ -187,6 +189,8 @@ class _Scrub:
 
 def _fail(exc: Exception, phase: str, scrub: _Scrub, statement_timeout: float) -> NoReturn:
     """Turn a driver or network error into a ProbeFailure whose text holds no secret."""
+    import asyncpg
+
     if isinstance(exc, asyncpg.PostgresError):
         detail = scrub(f"{exc.sqlstate}: {exc}")
         if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
@@ -237,6 +241,10 @@ def _seconds(value: Any) -> float:
 
 
 async def run(p: Postgres, ctx: ProbeContext) -> None:
+    # Imported here, not at module level: asyncpg costs memory (RSS) in every exporter, and
+    # only configs with a postgres target need it (tests/test_lazy_imports.py).
+    import asyncpg
+
     dsn = p.dsn.current().get_secret_value()
     scrub = _Scrub(parse_dsn(dsn)[1])
     # Unknown until read: a failed probe must not leave the last good lag on display.
@@ -305,6 +313,8 @@ async def run(p: Postgres, ctx: ProbeContext) -> None:
 
 async def _read_state(conn: asyncpg.Connection, table: str) -> tuple[bool, Any, Any]:
     """(in recovery, heartbeat lag or None/_NO_TABLE, replay-timestamp lag or None)."""
+    import asyncpg
+
     replay = "extract(epoch from now() - pg_last_xact_replay_timestamp())::float8"
     lag = "extract(epoch from now() - max(ts))::float8"
     try:

@@ -25,7 +25,7 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
         missing("root (the bench creates network namespaces and runs tcpdump)")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--profile", "smoke", "--json", str(out)],
+        [sys.executable, str(ROOT / "perf" / "run.py"), "--profile", "smoke", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=180,

@@ -1,6 +1,6 @@
 """/metrics cost in-process: render CPU per line, the longest event-loop stall, gzip.
 
-    .venv/bin/python bench/render.py [--targets 10000] [--repeat 5] [--mode render,serve]
+    .venv/bin/python perf/render.py [--targets 10000] [--repeat 5] [--mode render,serve]
                                      [--loop uvloop|asyncio] [--cpu N]
 
 States are built the way the scheduler builds them (one TargetState per http target of a
@@ -49,14 +49,14 @@ from exporter.state import Result, TargetState
 
 
 def config_text(n: int) -> str:
-    # The same shape as bench/run.py's scrape config.
+    # The same shape as perf/run.py's scrape config.
     head = [
         "vantage: bench",
         "defaults: {interval: 20s, timeout: 1s, max_concurrency: 4096}",
         "services:",
         "  - name: bench",
         "    regions: [{name: r1, role: primary, priority: 1}]",
-        "    images: [{name: i1, ref: bench/target:1}]",
+        "    images: [{name: i1, ref: perf/target:1}]",
         "    targets:",
     ]
     url = "http://10.213.0.2:8080/?id="

@@ -1,7 +1,7 @@
 """Fleet scale: memory per target, scrape bytes per target and config load time at 1,000 /
 10,000 / 50,000 targets, printed as a table (docs/performance.md).
 
-usage: .venv/bin/python bench/scale.py [SIZES] (default 1000,10000,50000)
+usage: .venv/bin/python perf/scale.py [SIZES] (default 1000,10000,50000)
 
 Each size is one template (4 regions × 5 images × N/20 endpoints) of tcp probes at a 10 min
 interval to a closed loopback port, so the probe rate stays far under one core (50,000 targets

@@ -1,7 +1,7 @@
 """`make bench`: failover_exporter against Debian's prometheus-blackbox-exporter, side by side.
 
 Topology: two private network namespaces joined by a veth pair (no route anywhere else). The
-ground-truth target (bench/target.c, answers 10 ms after the request) lives in the server
+ground-truth target (perf/target.c, answers 10 ms after the request) lives in the server
 namespace; the prober under test (our exporter, or blackbox_exporter) in the client namespace,
 pinned to CPU 0; target, tcpdump and this harness (blackbox's load driver) on CPU 1.
 
@@ -10,7 +10,7 @@ Ground truth is the packet capture on the client-side veth, per probe: TCP hands
 between SYN-ACK and its request is its scheduling delay and counts as its error. Every probe URL
 carries ?id=N so a prober's reported value can be joined to the packets of that probe.
 
-Needs root (namespaces, tcpdump). Run as: .venv/bin/python bench/run.py [--profile full|smoke]
+Needs root (namespaces, tcpdump). Run as: .venv/bin/python perf/run.py [--profile full|smoke]
 Every phase is bounded in probe count and wall time; all traffic stays in the namespaces.
 """
 
@@ -145,7 +145,7 @@ def outer(args: argparse.Namespace) -> int:
         return 2
     absent = missing_tools()
     if absent:
-        log(f"missing: {' '.join(absent)} (bench/system-deps installs them)")
+        log(f"missing: {' '.join(absent)} (perf/system-deps installs them)")
         return 2
     tag = f"fxb{os.getpid()}"
     cli, srv, veth_c, veth_s = f"{tag}c", f"{tag}s", f"{tag}a", f"{tag}b"
@@ -310,7 +310,7 @@ def config_text(ids: range | list[int], interval: float, timeout: float) -> str:
         "services:",
         "  - name: bench",
         "    regions: [{name: r1, role: primary, priority: 1}]",
-        "    images: [{name: i1, ref: bench/target:1}]",
+        "    images: [{name: i1, ref: perf/target:1}]",
         "    targets:",
     ]
     url = f"http://{SRV_ADDR}:{TARGET_PORT}/?id="

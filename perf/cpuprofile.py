@@ -1,7 +1,7 @@
 """Where one probe's CPU goes: the exporter's engine in-process under cProfile (CPU-time clock,
 so time spent preempted by other processes is not counted) against the C target on loopback.
 
-usage: .venv/bin/python bench/cpuprofile.py [TARGETS] [SECONDS] [asyncio|uvloop] [--no-profile]
+usage: .venv/bin/python perf/cpuprofile.py [TARGETS] [SECONDS] [asyncio|uvloop] [--no-profile]
 (defaults 1000 targets, 5 s, asyncio). Prints CPU per probe split by where the code lives, then the
 top functions by own time; with --no-profile only the CPU per probe, which the profiler inflates.
 """
