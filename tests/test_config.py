@@ -529,3 +529,6 @@ def test_dns_regions(tmp_path: Path) -> None:
         f"{where}.eu[0]: 'lb.example' is not an address, a CIDR or an absolute name (ending in '.')"
     ]
     assert errors(tmp_path, target("{eu: []}")) == [f"{where}.eu: lists no address, CIDR or name"]
+    assert errors(tmp_path, target("{eu: [192.0.2.1], ap: [192.0.2.2]}")) == [
+        f"{where}.ap: 'ap' is not a region of service 'shop' (eu, us)"
+    ]
