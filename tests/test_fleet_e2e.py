@@ -1,7 +1,9 @@
 """Two tiers on real Prometheus servers, on loopback.
 
-Three vantages (v1 as two shards), each scraped by its own regional Prometheus in agent mode
-that remote-writes to a global Prometheus running the bundle's rules and an Alertmanager. Two
+Three vantages (v1 as two shards), each scraped by its own regional Prometheus that
+remote-writes to a global Prometheus with an Alertmanager, in the two deployments of
+docs/deploy.md: regional Prometheus servers running regional.rules.yml, the global one running
+global.rules.yml and the alerts; or agents, the global Prometheus running both tiers. Two
 services run side by side so that both scenarios share one stack and its wall time:
 - `shop` (labels team=payments): its primary region `eu` fails from every vantage; the page
   arrives once, names the standby `us`, and routes to the team receiver;
@@ -25,10 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from exporter import config
 from tests import stack
+from tests.prometheus import bundle
 from tests.tools import listening_port, need
 
 VANTAGES = ("v1", "v2", "v3")
@@ -128,39 +132,50 @@ def exporter(workdir: Path, cfg: Path, shard: str | None = None) -> Iterator[tup
 
 
 @contextlib.contextmanager
-def agent(workdir: Path, vantage: str, targets: list[str], global_url: str) -> Iterator[str]:
-    """A regional Prometheus in agent mode: scrapes one vantage, remote-writes everything."""
+def regional(
+    workdir: Path, mode: str, vantage: str, targets: list[str], global_url: str
+) -> Iterator[str]:
+    """The regional Prometheus of one vantage, remote-writing to the global one.
+
+    mode "servers": a Prometheus server running the regional tier, forwarding its records and the
+    raw series the global tier reads, with a `prometheus` external label that must not reach the
+    global side (it would split every `without (vantage)` aggregation) and a harmless `vantage`
+    one. mode "agents": an agent (no rules) forwarding everything."""
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = workdir / "agent.yml"
-    cfg.write_text(
-        yaml.safe_dump(
+    remote_write: dict[str, Any] = {
+        "url": f"{global_url}/api/v1/write",
+        "queue_config": {"batch_send_deadline": "500ms", "min_backoff": "100ms"},
+    }
+    doc: dict[str, Any] = {
+        "global": {
+            "scrape_interval": "1s",
+            "evaluation_interval": "1s",
+            "external_labels": {"vantage": vantage, "prometheus": f"regional-{vantage}"},
+        },
+        "scrape_configs": [
             {
-                "global": {"scrape_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "failover-exporter",
-                        "honor_labels": True,
-                        "static_configs": [{"targets": targets, "labels": {"vantage": vantage}}],
-                    }
-                ],
-                "remote_write": [
-                    {
-                        "url": f"{global_url}/api/v1/write",
-                        "queue_config": {"batch_send_deadline": "500ms", "min_backoff": "100ms"},
-                    }
-                ],
+                "job_name": "failover-exporter",
+                "honor_labels": True,
+                "static_configs": [{"targets": targets, "labels": {"vantage": vantage}}],
             }
+        ],
+        "remote_write": [remote_write],
+    }
+    remote_write["write_relabel_configs"] = [{"action": "labeldrop", "regex": "prometheus"}]
+    argv = [need("prometheus"), f"--config.file={workdir / 'regional.yml'}"]
+    if mode == "servers":
+        doc["rule_files"] = stack.REGIONAL_RULE_FILES
+        keep = "|".join(bundle.regional_server_forwards())
+        remote_write["write_relabel_configs"].insert(
+            0, {"source_labels": ["__name__"], "regex": keep, "action": "keep"}
         )
-    )
+        argv += [f"--storage.tsdb.path={workdir / 'data'}"]
+    else:
+        argv += ["--enable-feature=agent", f"--storage.agent.path={workdir / 'wal'}"]
+    (workdir / "regional.yml").write_text(yaml.safe_dump(doc))
     port = stack.free_port()
-    argv = [
-        need("prometheus"),
-        "--enable-feature=agent",
-        f"--config.file={cfg}",
-        f"--storage.agent.path={workdir / 'wal'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with stack._serving(argv, workdir / "agent.log", f"http://127.0.0.1:{port}") as url:
+    argv += [f"--web.listen-address=127.0.0.1:{port}"]
+    with stack._serving(argv, workdir / "regional.log", f"http://127.0.0.1:{port}") as url:
         yield url
 
 
@@ -190,7 +205,10 @@ def pages(world: World, receiver: str | None = None) -> list[dict[str, Any]]:
         ]
 
 
-def test_two_tiers_page_once_ignore_a_partition_and_alert_a_missing_shard(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["servers", "agents"])
+def test_two_tiers_page_once_ignore_a_partition_and_alert_a_missing_shard(
+    tmp_path: Path, mode: str
+) -> None:
     world = World()
     threading.Thread(target=world.serve_forever, daemon=True).start()
     port = world.server_address[1]
@@ -230,6 +248,8 @@ def test_two_tiers_page_once_ignore_a_partition_and_alert_a_missing_shard(tmp_pa
             stack.prometheus(
                 tmp_path / "global",
                 [],
+                # Regional servers ran the regional tier; with agents it runs here.
+                rule_files=stack.GLOBAL_RULE_FILES if mode == "servers" else stack.RULE_FILES,
                 alertmanager_url=am,
                 extra_flags=("--web.enable-remote-write-receiver",),
             )
@@ -239,7 +259,7 @@ def test_two_tiers_page_once_ignore_a_partition_and_alert_a_missing_shard(tmp_pa
         v2, _ = es.enter_context(exporter(tmp_path, configs["v2"]))
         v3, _ = es.enter_context(exporter(tmp_path, configs["v3"]))
         for v, targets in (("v1", [shard0, shard1]), ("v2", [v2]), ("v3", [v3])):
-            es.enter_context(agent(tmp_path / f"agent-{v}", v, targets, glob))
+            es.enter_context(regional(tmp_path / f"regional-{v}", mode, v, targets, glob))
 
         def shards_seen() -> bool:
             result = stack.query(glob, "vantage:failover_exporter_shards:count")
@@ -284,7 +304,9 @@ def test_two_tiers_page_once_ignore_a_partition_and_alert_a_missing_shard(tmp_pa
         votes = stack.query(
             glob, 'vantage_service_target_region:failover_region_healthy:bool{vantage="v1"}'
         )
-        assert len(votes) == 4
+        # Once each (no copy from both tiers), without the regional `prometheus` label.
+        assert len(votes) == 4, votes
+        assert all("prometheus" not in r["metric"] for r in votes), votes
         shop_us = stack.query(
             glob,
             'service_target_region:failover_region_down:bool{service="shop",target_region="us"}',

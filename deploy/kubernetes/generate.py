@@ -47,7 +47,7 @@ def resource(path: Path) -> dict[str, Any]:
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": {
-            # failover.rules.yml -> failover-rules
+            # global.rules.yml -> global-rules
             "name": path.name.removesuffix(".yml").replace(".", "-"),
             "annotations": {"failover-exporter/source": str(path.relative_to(ROOT))},
         },

@@ -203,3 +203,19 @@ def all_exprs() -> Iterator[tuple[str, str]]:
                 yield f"{path.name}:tests[{n}]", case["expr"]
             for series in group.get("input_series", []):
                 yield f"{path.name}:tests[{n}]:input", series["series"]
+
+
+def regional_server_forwards() -> list[str]:
+    """Metric names a regional Prometheus server (running the regional tier) remote-writes to a
+    global one that runs only the global tier (docs/deploy.md): every regional record, and the
+    raw series the global rules and alerts read. The rest of the raw series stay regional."""
+    records = {r["record"] for p in RULES for r in rules(p) if "record" in r}
+    global_raw = {
+        s.metric
+        for p in (GLOBAL_RULES, ALERTS)
+        for r in rules(p)
+        for s in scan(r["expr"]).selectors
+        if s.metric and s.metric not in records
+    }
+    regional = {r["record"] for r in rules(REGIONAL_RULES)}
+    return sorted(global_raw | regional)

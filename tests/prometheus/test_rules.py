@@ -271,3 +271,16 @@ def test_the_global_tier_records_nothing_per_vantage() -> None:
     """The per-vantage records live in one tier only, so remote-written copies never collide."""
     for rule in bundle.rules(bundle.GLOBAL_RULES):
         assert not rule["record"].startswith(("vantage", "instance")), rule["record"]
+
+
+def test_the_documented_regional_forward_list_is_what_the_global_tier_reads() -> None:
+    """docs/deploy.md's keep regex for regional servers: everything the global side reads,
+    and not the per-target inputs of the votes, which stay regional."""
+    text = (bundle.ROOT / "docs" / "deploy.md").read_text()
+    (keep,) = re.findall(r'action: keep\n\s*#.*\n\s*regex: "([^"]+)"', text)
+    forwards = bundle.regional_server_forwards()
+    missing = [m for m in forwards if not re.fullmatch(keep, m)]
+    assert not missing, f"docs/deploy.md keep regex misses {missing}"
+    for home in ("failover_probe_consecutive_failures", "failover_probe_success"):
+        assert home not in forwards
+        assert not re.fullmatch(keep, home), home
