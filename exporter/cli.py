@@ -179,6 +179,22 @@ def _drill_parser(p: argparse.ArgumentParser) -> None:
         help="how long to wait for the alert to resolve after recovery (420; the alert is "
         "held by keep_firing_for)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the outage N times (needs --recover), each inject a further 1/N of "
+        "--scrape-interval into the scrape cycle, after the previous run resolved; prints each "
+        "run and min/median/max of detect/alert/page (1)",
+    )
+    p.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="the scrape/evaluation cycle --repeat spreads its injects over (15)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
 
@@ -261,6 +277,8 @@ def _drill(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         recover_after=args.recover_after,
         resolve_timeout=args.resolve_timeout,
+        repeat=max(1, args.repeat),
+        scrape_interval=args.scrape_interval,
     )
     return drill.main(opts, args.json)
 
