@@ -122,6 +122,9 @@ def pick_region(cfg: Config, service: str, name: str | None) -> Region:
 
 
 def _build(client: Any, image: Image, base: Path, no_cache: bool) -> None:
+    problem = config.build_problem(base, image.dockerfile, image.context)
+    if problem is not None:
+        raise DockerError(f"cannot build {image.ref}: {problem}")
     context = (base / (image.context or ".")).resolve()
     stream = client.api.build(
         path=str(context),
@@ -236,6 +239,10 @@ async def bench_variant(
         res.error = exc.message
     except TimeoutError:
         res.error = f"container not ready within {opts.timeout:g}s"
+    except Exception as exc:
+        # The Docker SDK raises TypeError/ValueError/requests errors of its own; the row says
+        # which, and the remaining variants are still measured and ranked.
+        res.error = f"{type(exc).__name__}: {exc}"
     return res
 
 
@@ -349,7 +356,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout", type=float, default=60.0, help="seconds for a container to be ready (60)"
     )
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': stdout)")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the results as JSON ('-': stdout, and the table to stderr)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -378,7 +389,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"failover-exporter bench: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(table(results, opts))
+    # JSON on stdout is for a pipe (`| jq`): then the table goes to stderr.
+    (sys.stderr if args.json == "-" else sys.stdout).write(table(results, opts))
     if args.json:
         text = json.dumps(report(region, results, opts), indent=2) + "\n"
         if args.json == "-":

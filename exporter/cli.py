@@ -303,6 +303,15 @@ def check_config(file: str, expand: bool = False, shard: config.Shard | None = N
             print(issue, file=sys.stderr)
         print(f"{file}: {len(exc.issues)} error(s)", file=sys.stderr)
         return 1
+    path = Path(file)
+    build_issues = config.build_input_issues(
+        config.read_yaml(config.read_text(path), file), path.parent
+    )
+    if build_issues:
+        for issue in build_issues:
+            print(issue, file=sys.stderr)
+        print(f"{file}: {len(build_issues)} error(s)", file=sys.stderr)
+        return 1
     print(
         f"{file}: OK: vantage {cfg.vantage}, {len(cfg.services)} service(s), "
         f"{len(cfg.regions)} region(s), {len(cfg.images)} image(s), {len(cfg.targets)} target(s)"

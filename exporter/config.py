@@ -605,6 +605,41 @@ def _semantic_issues(src: Source) -> Iterator[ConfigIssue]:
                 )
 
 
+def build_problem(base: Path, dockerfile: str | None, context: str | None) -> str | None:
+    """Why an image with these build inputs cannot be built from `base`, or None.
+
+    Checked locally before a build: the Docker SDK turns a missing context into a TypeError
+    about its own arguments, which says nothing about the config."""
+    if dockerfile is None:
+        return None
+    where = base / (context or ".")
+    if not where.exists():
+        return f"build context {str(where)!r} does not exist"
+    if not where.is_dir():
+        return f"build context {str(where)!r} is not a directory"
+    if not (where / dockerfile).is_file():
+        return f"dockerfile {dockerfile!r} not found in the build context {str(where)!r}"
+    return None
+
+
+def build_input_issues(src: Source, base: Path) -> list[ConfigIssue]:
+    """Build inputs of every image that has a dockerfile, checked on this machine.
+
+    Only `check-config` and `bench --build` ask: the daemon never builds, and a probing host
+    need not hold the build contexts."""
+    issues = []
+    for s, service in _items(src.data, "services"):
+        for i, image in _items(service, "images"):
+            dockerfile, context = _str(image, "dockerfile"), _str(image, "context")
+            problem = build_problem(base, dockerfile, context)
+            if problem is not None:
+                key = "dockerfile" if "not found in" in problem else "context"
+                if key not in image:
+                    key = "dockerfile"
+                issues.append(src.issue(("services", s, "images", i, key), problem))
+    return issues
+
+
 def read_yaml(text: str, file: str) -> Source:
     """Parse YAML text with the line of every key path; YAML errors become a ConfigError."""
     try:
