@@ -239,7 +239,7 @@ async def bench_variant(
         res.error = exc.message
     except TimeoutError:
         res.error = f"container not ready within {opts.timeout:g}s"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - one variant must not lose the others
         # The Docker SDK raises TypeError/ValueError/requests errors of its own; the row says
         # which, and the remaining variants are still measured and ranked.
         res.error = f"{type(exc).__name__}: {exc}"

@@ -84,7 +84,8 @@ def test_check_config_names_each_build_input_error(tmp_path: Path) -> None:
     ]
     for line, path, message in expected:
         hits = [x for x in lines if x.startswith(f"{cfg}:{line}: {path}: ")]
-        assert hits and message in hits[0], (line, path, lines)
+        assert hits, (line, path, lines)
+        assert message in hits[0], (line, path, lines)
     assert lines[-1] == f"{cfg}: 3 error(s)"
     # The good image's inputs are not reported.
     assert not any("images[0]" in x for x in lines)
