@@ -6,6 +6,8 @@ the origin under the origin's name. The proxy's own failures have reasons of the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -94,6 +96,31 @@ async def test_https_through_connect_tunnel(
     assert len(seen) == 1
     assert f"): CONNECT 127.0.0.1:{port} HTTP/1.1" in open_proxy.log_text()
     assert {"connect", "connect_tunnel", "tls", "first_byte", "transfer"} <= set(result.phases)
+
+
+async def test_keep_alive_reuses_the_tunnel(
+    run_probe: RunProbe,
+    tls_origin: tuple[list[web.Request], int],
+    open_proxy: Proxy,
+    ca_file: str,
+) -> None:
+    seen, port = tls_origin
+    probe = {
+        "kind": "http",
+        "url": url("https", "127.0.0.1", port, "/ok"),
+        "proxy_url": open_proxy.url,
+        "tls": {"ca_file": ca_file},
+        "keep_alive": True,
+    }
+    first = await run_probe(probe)
+    second = await run_probe(probe)
+    assert first.success, first.message
+    assert second.success, second.message
+    assert "connect_tunnel" in first.phases
+    # The pooled connection is the tunnel, TLS to the origin inside it: nothing to redo.
+    assert not {"connect", "connect_tunnel", "tls"} & set(second.phases), second.phases
+    assert len(seen) == 2
+    assert open_proxy.log_text().count(f"): CONNECT 127.0.0.1:{port} HTTP/1.1") == 1
 
 
 async def test_auth_required_without_credentials(
@@ -240,3 +267,40 @@ def test_missing_proxy_password_names_the_key(
     (issue,) = errors(tmp_path, text)
     assert "proxy_auth.password" in issue, issue
     assert "PROXY_PASSWORD is not set" in issue, issue
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"", "closed the connection on CONNECT"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not an HTTP answer to CONNECT"),
+        (b"HTTP/1.1 200 OK\r\n\r\n\x16junk", "sent data after its CONNECT answer"),
+        (b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n", "CONNECT with 502 Bad Gateway"),
+    ],
+    ids=["close", "garbage", "data-after-200", "502"],
+)
+async def test_hostile_proxy_answers_are_proxy_error(
+    run_probe: RunProbe, answer: bytes, message: str
+) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await run_probe(
+            {
+                "kind": "http",
+                "url": "https://127.0.0.1:1/ok",
+                "proxy_url": f"http://127.0.0.1:{port}",
+            }
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.reason == "proxy_error", result.message
+    assert message in result.message
