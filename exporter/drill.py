@@ -6,6 +6,10 @@ Timeline, each measured from the moment the outage is injected:
   page    - Alertmanager delivered the notification to the drill's own webhook receiver
 then, after recovery is injected:
   recover - probes succeed again, the alert stops firing, the resolved notification arrives.
+
+`--repeat N` runs the outage N times, run i injected i/N of a scrape interval later in the scrape
+cycle than the first (after the previous run resolved), because detect and page depend on where
+the first failed probe falls against the scrape and evaluation cycles: one run samples one phase.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import dataclasses
 import json
 import logging
 import shlex
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +47,26 @@ class DrillOptions:
     recover_after: float = 0.0
     # How long to wait for the alert to resolve after recovery (keep_firing_for holds it).
     resolve_timeout: float = 420.0
+    repeat: int = 1
+    # The cycle the repeats spread their injects over (the bundle's scrape/eval interval).
+    scrape_interval: float = 15.0
+
+
+class Clock:
+    """Time as the drill sees it; tests pass a virtual one instead of sleeping."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+CLOCK = Clock()
+Command = Callable[[list[str]], Awaitable[None]]
 
 
 @dataclasses.dataclass
@@ -58,6 +83,8 @@ class Report:
     alert_resolved_seconds: float | None = None
     resolved_page_seconds: float | None = None
     failover_to: str | None = None
+    # Where this run's inject fell in the scrape cycle, relative to the first run's (repeats).
+    phase_seconds: float | None = None
     errors: list[str] = dataclasses.field(default_factory=list)
     # What recovery did not show in time: informational, since `keep_firing_for` deliberately
     # holds a failover alert for minutes after the region is back.
@@ -96,8 +123,13 @@ class Report:
 class _Webhook:
     """Alertmanager webhook receiver: records when a firing/resolved notification arrives."""
 
-    def __init__(self, alert: str, service: str, region: str) -> None:
+    def __init__(self, alert: str, service: str, region: str, clock: Clock = CLOCK) -> None:
         self.match = {"alertname": alert, "service": service, "target_region": region}
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous run's notifications (repeats): each run waits for its own."""
         self.firing = asyncio.Event()
         self.resolved = asyncio.Event()
         self.firing_at = 0.0
@@ -113,10 +145,10 @@ class _Webhook:
             if any(labels.get(k) != v for k, v in self.match.items()):
                 continue
             if alert.get("status") == "firing" and not self.firing.is_set():
-                self.firing_at = time.monotonic()
+                self.firing_at = self.clock.monotonic()
                 self.firing.set()
             elif alert.get("status") == "resolved" and self.firing.is_set():
-                self.resolved_at = time.monotonic()
+                self.resolved_at = self.clock.monotonic()
                 self.resolved.set()
         return web.Response(text="ok")
 
@@ -167,20 +199,24 @@ class _Prometheus:
 
 
 async def _until(
-    check: Callable[[], Awaitable[bool]], deadline: float, what: str, missed: list[str]
+    check: Callable[[], Awaitable[bool]],
+    deadline: float,
+    what: str,
+    missed: list[str],
+    clock: Clock = CLOCK,
 ) -> float | None:
-    while time.monotonic() < deadline:
+    while clock.monotonic() < deadline:
         try:
             if await check():
-                return time.monotonic()
+                return clock.monotonic()
         except (aiohttp.ClientError, RuntimeError, ValueError) as exc:
             log.warning("drill poll failed", extra={"what": what, "error": str(exc)})
-        await asyncio.sleep(POLL)
+        await clock.sleep(POLL)
     missed.append(f"{what}: not observed within the timeout")
     return None
 
 
-async def run(opts: DrillOptions) -> Report:
+async def run(opts: DrillOptions) -> list[Report]:
     hook = _Webhook(opts.alert, opts.service, opts.region)
     app = web.Application()
     # Any path: Alertmanager configs put the receiver under a path of their own (/page, ...).
@@ -192,22 +228,78 @@ async def run(opts: DrillOptions) -> Report:
     timeout = aiohttp.ClientTimeout(total=10)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            return await _drill(opts, _Prometheus(session, opts.prometheus), hook)
+            prom = _Prometheus(session, opts.prometheus)
+            if opts.repeat <= 1:
+                return [await _drill(opts, prom, hook)]
+            return await repeat(opts, prom, hook)
     finally:
         await runner.cleanup()
 
 
-async def _drill(opts: DrillOptions, prom: _Prometheus, hook: _Webhook) -> Report:
+def phase_offset(run: int, runs: int, interval: float) -> float:
+    """Where run `run` (0-based) of `runs` injects in the cycle, relative to the first run."""
+    return (run * interval / runs) % interval
+
+
+def phase_delay(now: float, anchor: float, interval: float, offset: float) -> float:
+    """Seconds from `now` to the next moment `offset` into a cycle that began at `anchor`."""
+    return (anchor + offset - now) % interval
+
+
+def summary(values: list[float | None]) -> tuple[float, float, float] | None:
+    seen = [v for v in values if v is not None]
+    if not seen:
+        return None
+    return min(seen), statistics.median(seen), max(seen)
+
+
+async def repeat(
+    opts: DrillOptions,
+    prom: _Prometheus,
+    hook: _Webhook,
+    clock: Clock = CLOCK,
+    command: Command | None = None,
+) -> list[Report]:
+    """Run the drill `opts.repeat` times, each inject `scrape_interval / repeat` further into the
+    scrape cycle. Each run must end resolved (alert gone, resolved notification) before the next:
+    a next run against a still-firing alert would time nothing."""
+    reports: list[Report] = []
+    anchor = clock.monotonic()
+    for i in range(opts.repeat):
+        if i:
+            offset = phase_offset(i, opts.repeat, opts.scrape_interval)
+            await clock.sleep(phase_delay(clock.monotonic(), anchor, opts.scrape_interval, offset))
+        hook.reset()
+        report = await _drill(opts, prom, hook, clock, command, anchor)
+        reports.append(report)
+        if not report.ok or report.resolved_page_seconds is None:
+            if report.resolved_page_seconds is None and not report.errors:
+                report.errors.append("not resolved before the next repeat; repeats stopped")
+            break
+    return reports
+
+
+async def _drill(
+    opts: DrillOptions,
+    prom: _Prometheus,
+    hook: _Webhook,
+    clock: Clock = CLOCK,
+    command: Command | None = None,
+    anchor: float | None = None,
+) -> Report:
+    run_command = command or _run_command
     sel = f'service="{opts.service}",target_region="{opts.region}"'
     healthy = await prom.query(f"max(failover_probe_success{{{sel}}}) == 1")
-    start = time.monotonic()
-    report = Report(opts.service, opts.region, opts.alert, injected_at=time.time())
+    start = clock.monotonic()
+    report = Report(opts.service, opts.region, opts.alert, injected_at=clock.time())
+    if anchor is not None:
+        report.phase_seconds = (start - anchor) % opts.scrape_interval
     if not healthy:
         report.errors.append("the region is not healthy before the drill; nothing to measure")
         return report
     log.info("injecting outage", extra={"command": shlex.join(opts.inject)})
     try:
-        await _run_command(opts.inject)
+        await run_command(opts.inject)
     except (OSError, RuntimeError, TimeoutError) as exc:
         report.errors.append(f"inject failed: {exc or 'timed out'}")
         return report
@@ -225,23 +317,23 @@ async def _drill(opts: DrillOptions, prom: _Prometheus, hook: _Webhook) -> Repor
     async def paged() -> bool:
         return hook.firing.is_set()
 
-    detected = await _until(all_failing, deadline, "detect", report.errors)
+    detected = await _until(all_failing, deadline, "detect", report.errors, clock)
     report.detect_seconds = detected - start if detected else None
-    alerted = await _until(alert_firing, deadline, "alert", report.errors)
+    alerted = await _until(alert_firing, deadline, "alert", report.errors, clock)
     report.alert_seconds = alerted - start if alerted else None
-    if await _until(paged, deadline, "page", report.errors) is not None:
+    if await _until(paged, deadline, "page", report.errors, clock) is not None:
         report.page_seconds = hook.firing_at - start
     if opts.recover is None:
         return report
-    await asyncio.sleep(opts.recover_after)
+    await clock.sleep(opts.recover_after)
     log.info("injecting recovery", extra={"command": shlex.join(opts.recover)})
     try:
-        await _run_command(opts.recover)
+        await run_command(opts.recover)
     except (OSError, RuntimeError, TimeoutError) as exc:
         report.errors.append(f"recover failed: {exc or 'timed out'}")
         return report
-    rstart = time.monotonic()
-    report.recovered_at = time.time()
+    rstart = clock.monotonic()
+    report.recovered_at = clock.time()
     deadline = rstart + opts.timeout
 
     async def probes_ok() -> bool:
@@ -253,21 +345,62 @@ async def _drill(opts: DrillOptions, prom: _Prometheus, hook: _Webhook) -> Repor
     async def resolved() -> bool:
         return hook.resolved.is_set()
 
-    ok = await _until(probes_ok, deadline, "probes recovered", report.errors)
+    ok = await _until(probes_ok, deadline, "probes recovered", report.errors, clock)
     report.probes_recovered_seconds = ok - rstart if ok else None
     deadline = rstart + opts.resolve_timeout
-    gone = await _until(alert_gone, deadline, "alert resolved", report.notes)
+    gone = await _until(alert_gone, deadline, "alert resolved", report.notes, clock)
     report.alert_resolved_seconds = gone - rstart if gone else None
-    if await _until(resolved, deadline, "resolved notification", report.notes) is not None:
+    if await _until(resolved, deadline, "resolved notification", report.notes, clock) is not None:
         report.resolved_page_seconds = hook.resolved_at - rstart
     return report
 
 
+def summary_text(reports: list[Report], runs: int) -> str:
+    def s(v: float | None) -> str:
+        return "      -" if v is None else f"{v:7.1f}"
+
+    rows = [
+        f"Repeated drill: {len(reports)} of {runs} runs, injects spread over the scrape cycle",
+        "  run  phase s  detect s  alert s   page s",
+    ]
+    rows += [
+        f"  {i:3d}  {s(r.phase_seconds)}  {s(r.detect_seconds)}  {s(r.alert_seconds)}  "
+        f"{s(r.page_seconds)}"
+        for i, r in enumerate(reports, 1)
+    ]
+    for name, values in (
+        ("detect", [r.detect_seconds for r in reports]),
+        ("alert", [r.alert_seconds for r in reports]),
+        ("page", [r.page_seconds for r in reports]),
+    ):
+        got = summary(values)
+        figures = "not observed" if got is None else "min {:.1f} s, median {:.1f} s, max {:.1f} s"
+        rows.append(f"  {name:6s} {figures.format(*got) if got else figures}")
+    ok = len(reports) == runs and all(r.ok for r in reports)
+    rows.append("  result: " + ("PASS" if ok else "FAIL"))
+    return "\n".join(rows)
+
+
 def main(opts: DrillOptions, json_path: str | None) -> int:
-    report = asyncio.run(run(opts))
-    print(report.text())
+    if opts.repeat > 1 and opts.recover is None:
+        print("failover-exporter drill: --repeat needs --recover (each run must end resolved)")
+        return 2
+    reports = asyncio.run(run(opts))
+    for r in reports:
+        print(r.text())
+    ok = all(r.ok for r in reports)
+    if opts.repeat > 1:
+        print(summary_text(reports, opts.repeat))
+        ok = ok and len(reports) == opts.repeat
     if json_path:
-        data = dataclasses.asdict(report) | {"ok": report.ok}
+        runs = [dataclasses.asdict(r) | {"ok": r.ok} for r in reports]
+        data: dict[str, Any] = runs[0] if opts.repeat <= 1 else {"runs": runs, "ok": ok}
+        if opts.repeat > 1:
+            for name in ("detect", "alert", "page"):
+                got = summary([getattr(r, f"{name}_seconds") for r in reports])
+                data[f"{name}_seconds"] = (
+                    None if got is None else dict(zip(("min", "median", "max"), got, strict=True))
+                )
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
-    return 0 if report.ok else 1
+    return 0 if ok else 1

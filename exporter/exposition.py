@@ -152,9 +152,13 @@ def _failures(name: str) -> Renderer:
 def _phases(name: str) -> Renderer:
     def render(out: list[str], states: Sequence[TargetState]) -> int:
         start = len(out)
+        whole = _WHOLE.get
         for st in states:
             labels = st.labels
-            out += [f'{name}{{{labels},phase="{p}"}} {fmt(v)}\n' for p, v in st.phases.items()]
+            out += [
+                f'{name}{{{labels},phase="{p}"}} {whole(v) or fmt(v)}\n'
+                for p, v in st.phases.items()
+            ]
         return len(out) - start
 
     return render
@@ -163,8 +167,9 @@ def _phases(name: str) -> Renderer:
 def _gauge(name: str) -> Renderer:
     def render(out: list[str], states: Sequence[TargetState]) -> int:
         start = len(out)
+        whole = _WHOLE.get
         out += [
-            f"{name}{{{st.labels}}} {fmt(v)}\n"
+            f"{name}{{{st.labels}}} {whole(v) or fmt(v)}\n"
             for st in states
             if (v := st.gauges.get(name)) is not None
         ]

@@ -82,6 +82,11 @@ class Reason(StrEnum):
     ANSWER_MISMATCH = "answer_mismatch"
     SECTION = "section_mismatch"
     DNSSEC = "dnssec"
+    # http through proxy_url: the proxy itself refused or could not be reached, asked for
+    # credentials (407), or answered CONNECT with anything else than 2xx: the origin may be fine.
+    PROXY_CONNECT = "proxy_connect"
+    PROXY_AUTH = "proxy_auth"
+    PROXY_ERROR = "proxy_error"
     ERROR = "error"
 
 
@@ -158,9 +163,9 @@ PROBE_FAILURES = MetricSpec(
 PROBE_PHASE = MetricSpec(
     "failover_probe_phase_duration_seconds",
     Type.GAUGE,
-    "Duration of each phase of the last probe (http: dns, connect, tls, first_byte, transfer; "
-    "tcp: dns, connect, tls, expect; postgres: connect, read, write; icmp: dns, rtt; "
-    "dns: dns, udp, tcp).",
+    "Duration of each phase of the last probe (http: dns, connect, connect_tunnel, tls, "
+    "first_byte, transfer; tcp: dns, connect, tls, expect; postgres: connect, read, write; "
+    "icmp: dns, rtt; dns: dns, udp, tcp).",
     Scope.TARGET,
     labels=("phase",),
 )

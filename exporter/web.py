@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import html
 import time
 from collections.abc import Iterable
 
 from aiohttp import web
 
-from exporter import __version__, exposition
+from exporter import __version__, exposition, status_view
 from exporter.config import Target
 from exporter.engine import Engine
+from exporter.log import rfc3339
 from exporter.metrics import TARGET_LABELS, Role
 from exporter.probes import REGISTRY
-from exporter.state import Result, TargetState, label_text
+from exporter.state import Result, label_text
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 PROBE_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("probe_slots", asyncio.Semaphore)
+
+# Often enough to follow an outage (probes every 5 s, scrapes every 15 s by default).
+REFRESH_SECONDS = 10
 
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
@@ -167,6 +170,7 @@ th{background:#f3f3f3}
 .ok{background:#d8f5d0}.fail{background:#f9d0d0}.partial{background:#fbecc0}.none{color:#888}
 pre{margin:0;font-size:85%;white-space:pre-wrap}
 small{color:#555}
+ol{margin:0;padding:0;list-style:none}
 """
 
 
@@ -178,61 +182,67 @@ def _ms(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
-def _cell(states: list[TargetState]) -> str:
-    if not states:
+_REGION_CSS = {"up": "ok", "down": "fail", "isolated": "partial", "pending": "none"}
+_CELL_CSS = {"healthy": "ok", "failing": "fail", "partial": "partial"}
+
+
+def _cell(c: status_view.Cell) -> str:
+    if c.verdict == "not probed":
         return '<td class="none">not probed</td>'
-    done = [s for s in states if s.last is not None]
-    ok = sum(1 for s in done if s.last is not None and s.last.success)
-    if not done:
-        css, verdict = "none", "pending"
-    elif ok == len(done):
-        css, verdict = "ok", "healthy"
-    elif ok == 0:
-        css, verdict = "fail", "failing"
-    else:
-        css, verdict = "partial", "partial"
-    samples = sorted(d for s in states for d in s.recent)
-    p50 = samples[len(samples) // 2] if samples else None
-    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))] if samples else None
-    reasons = sorted({s.last.reason for s in done if s.last is not None and s.last.reason})
-    why = f"<br><small>{_e(', '.join(reasons))}</small>" if reasons else ""
+    css = _CELL_CSS.get(c.verdict, "none")
+    why = f"<br><small>{_e(', '.join(c.reasons))}</small>" if c.reasons else ""
     return (
-        f'<td class="{css}" data-verdict="{verdict}"><b>{verdict}</b> '
-        f"<small>{ok}/{len(done)} vantages</small><br>"
-        f"p50 {_ms(p50)} · p95 {_ms(p95)}{why}</td>"
+        f'<td class="{css}" data-verdict="{c.verdict}"><b>{c.verdict}</b> '
+        f"<small>{c.ok}/{c.done} vantages</small><br>"
+        f"p50 {_ms(c.p50)} · p95 {_ms(c.p95)}{why}</td>"
     )
+
+
+def _ranking(ranks: tuple[status_view.Rank, ...]) -> str:
+    if not ranks:
+        return '<td class="none" data-ranking="">no live latency</td>'
+    items = "".join(
+        f'<li data-image="{_e(r.image)}" data-rank="{r.rank}" data-tied="{str(r.tied).lower()}">'
+        f"{r.rank}{'=' if r.tied else ''} {_e(r.image)} <small>{_ms(r.p50)}"
+        f"{' · tied' if r.tied else ''}</small></li>"
+        for r in ranks
+    )
+    return f'<td class="ranking"><ol>{items}</ol></td>'
 
 
 def _matrix(engine: Engine) -> Iterable[str]:
     cfg = engine.config
     if cfg is None:
         return
-    by_cell: dict[tuple[str, str, str], list[TargetState]] = collections.defaultdict(list)
-    for st in engine.scheduler.snapshot():
-        t = st.target
-        by_cell[(t.service, t.region, t.image)].append(st)
-    for service in cfg.services:
-        regions = sorted((r for r in cfg.regions if r.service == service), key=lambda r: r.priority)
-        images = [i for i in cfg.images if i.service == service]
-        yield f"<h2>Service {_e(service)}</h2>"
-        yield '<table class="matrix"><tr><th>region</th>'
-        yield "".join(f"<th>{_e(i.name)}</th>" for i in images) + "</tr>"
-        for r in regions:
-            note = " · maintenance" if engine.in_maintenance(service, r.name) else ""
+    snapshot = engine.scheduler.snapshot()
+    for svc in status_view.build(cfg, snapshot, engine.in_maintenance):
+        yield f"<h2>Service {_e(svc.name)}</h2>"
+        yield '<table class="matrix"><tr><th>region</th><th>view</th>'
+        yield "".join(f"<th>{_e(i)}</th>" for i in svc.images) + "<th>ranking</th></tr>"
+        for r in svc.regions:
+            note = " · maintenance" if r.maintenance else ""
             yield (
                 f"<tr><th>{_e(r.name)} <small>{_e(r.role)} · priority {r.priority}{note}"
                 "</small></th>"
+                f'<td class="{_REGION_CSS[r.state]}" data-region-state="{r.state}">'
+                f"<b>{r.state}</b></td>"
             )
-            yield "".join(_cell(by_cell.get((service, r.name, i.name), [])) for i in images)
+            yield "".join(_cell(c) for c in r.cells)
+            yield _ranking(r.ranking)
             yield "</tr>"
         yield "</table>"
-    controls = [s for s in engine.scheduler.snapshot() if s.target.role == Role.CONTROL]
+    controls = [s for s in snapshot if s.target.role == Role.CONTROL]
     if controls:
+        isolated = status_view.isolated_vantages(controls)
         yield "<h2>Control targets</h2><table>"
         yield "<tr><th>vantage</th><th>target</th><th>state</th></tr>"
         for st in controls:
             t = st.target
-            yield f"<tr><td>{_e(t.vantage)}</td><td>{_e(t.name)}</td>{_cell([st])}</tr>"
+            note = " <small>(vantage isolated)</small>" if t.vantage in isolated else ""
+            yield (
+                f"<tr><td>{_e(t.vantage)}{note}</td><td>{_e(t.name)}</td>"
+                f"{_cell(status_view.cell(t.name, [st]))}</tr>"
+            )
         yield "</table>"
 
 
@@ -241,11 +251,11 @@ def _describe(t: Target) -> str:
 
 
 def _results(title: str, results: Iterable[Result]) -> Iterable[str]:
-    yield f"<h2>{_e(title)}</h2><table><tr><th>time</th><th>target</th><th>vantage</th>"
+    yield f"<h2>{_e(title)}</h2><table><tr><th>time (UTC)</th><th>target</th><th>vantage</th>"
     yield "<th>probe</th><th>result</th><th>duration</th><th>message</th><th>debug</th></tr>"
     for r in results:
         t = r.target
-        when = time.strftime("%H:%M:%S", time.localtime(r.started))
+        when = rfc3339(r.started)
         css = "ok" if r.success else "fail"
         verdict = "success" if r.success else _e(r.reason)
         lines = _e("\n".join(r.debug))
@@ -273,10 +283,15 @@ async def status_page(request: web.Request) -> web.Response:
         overloaded = (
             '<p class="fail">Exporter overloaded: latency figures include its own delays.</p>'
         )
+    generated = rfc3339(time.time())
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>failover_exporter</title>",
+        # A meta refresh rather than a script: the page's CSP allows no script at all.
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
         f"<style>{_CSS}</style></head><body>",
         f"<h1>failover_exporter <small>{_e(__version__)}</small></h1>",
+        f'<p>Generated <time class="generated" datetime="{generated}">{generated}</time> · '
+        f"refreshes every {REFRESH_SECONDS} s</p>",
         f"<p>Vantage: {_e(', '.join(vantages))} · config {_e(cfg.digest if cfg else 'none')} · ",
         '<a href="metrics">metrics</a> · <a href="-/healthy">health</a></p>',
         reload_note,

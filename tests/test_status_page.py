@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.tools import need
@@ -199,14 +199,15 @@ def cell(page: Page, region: str, column: int) -> str:
     row = page.locator("table.matrix tr").filter(
         has=page.locator("th", has_text=re.compile(f"^{region} "))
     )
-    return row.locator("td").nth(column).inner_text()
+    # td 0 is the region's view (up / down / isolated); the images follow.
+    return row.locator("td").nth(column + 1).inner_text()
 
 
 def cell_verdict(page: Page, region: str, column: int) -> str | None:
     row = page.locator("table.matrix tr").filter(
         has=page.locator("th", has_text=re.compile(f"^{region} "))
     )
-    return row.locator("td").nth(column).get_attribute("data-verdict")
+    return row.locator("td").nth(column + 1).get_attribute("data-verdict")
 
 
 LATENCY = re.compile(r"p50 \d+\.\d ms · p95 \d+\.\d ms")
@@ -215,7 +216,7 @@ LATENCY = re.compile(r"p50 \d+\.\d ms · p95 \d+\.\d ms")
 def test_matrix_controls_and_recent_probes(exporter: Exporter, page: Page) -> None:
     page.goto(exporter.url + "/")
     headers = page.locator("table.matrix tr").first.locator("th").all_inner_texts()
-    assert headers == ["region", "slim", HOSTILE_IMAGE]
+    assert headers == ["region", "view", "slim", HOSTILE_IMAGE, "ranking"]
 
     assert cell_verdict(page, "eu-west", 0) == "healthy"
     assert LATENCY.search(cell(page, "eu-west", 0))
@@ -289,3 +290,40 @@ def test_failed_reload_is_shown(exporter: Exporter, page: Page) -> None:
     assert status == 200, text
     page.goto(exporter.url + "/")
     assert page.locator("div.fail", has_text="Last reload failed").count() == 0
+
+
+def _row(page: Page, region: str) -> Locator:
+    return page.locator("table.matrix tr").filter(
+        has=page.locator("th", has_text=re.compile(f"^{region} "))
+    )
+
+
+def test_verdicts_ranking_refresh_and_zoned_times(exporter: Exporter, page: Page) -> None:
+    page.goto(exporter.url + "/")
+    # One image answers in each region: this exporter sees both regions up.
+    for region in ("eu-west", "us-east"):
+        view = _row(page, region).locator("td[data-region-state]")
+        assert view.get_attribute("data-region-state") == "up"
+        assert view.inner_text() == "up"
+    # A failing cell shows no latency, although its target's ring may hold older samples.
+    assert "p50 – · p95 –" in cell(page, "eu-west", 1)
+    # The ranking lists only images with a live p50; one image alone is not a tie.
+    items = _row(page, "eu-west").locator("td.ranking li")
+    assert items.count() == 1
+    assert items.first.get_attribute("data-image") == "slim"
+    assert items.first.get_attribute("data-rank") == "1"
+    assert items.first.get_attribute("data-tied") == "false"
+    assert re.fullmatch(r"1 slim \d+\.\d ms", items.first.inner_text())
+
+    refresh = page.locator('meta[http-equiv="refresh"]')
+    assert refresh.count() == 1
+    assert int(refresh.get_attribute("content") or "0") > 0
+
+    zoned = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    generated = page.locator("time.generated")
+    assert re.fullmatch(zoned, generated.get_attribute("datetime") or "")
+    recent = page.locator("h2", has_text="Recent probes").locator("xpath=following::table[1]")
+    assert "time (UTC)" in recent.locator("th").first.inner_text()
+    times = recent.locator("tr td:first-child").all_inner_texts()
+    assert times
+    assert all(re.fullmatch(zoned, t) for t in times), times
