@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -24,22 +22,7 @@ from exporter.scheduler import Scheduler
 from exporter.state import TargetState
 from tests.conftest import MakeConfig
 from tests.probes.conftest import RunProbe
-from tests.tools import need
-
-
-def _free_port() -> int:
-    # Knot listens on UDP and TCP: a port free for both.
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return int(port)
-    raise RuntimeError("no free port")
+from tests.support import knot as knot_server
 
 
 def _zone(address: str) -> str:
@@ -63,96 +46,17 @@ def _zone(address: str) -> str:
     )
 
 
-class Knot:
+class Knot(knot_server.Knot):
     def __init__(self, base: Path) -> None:
-        self.base = base
-        self.port = _free_port()
-        self.conf = base / "knot.conf"
-        self.conf.write_text(
-            textwrap.dedent(
-                f"""\
-                server:
-                    rundir: "{base}"
-                    listen: 127.0.0.1@{self.port}
-                    pidfile: "{base}/knot.pid"
-                database:
-                    storage: "{base}"
-                log:
-                  - target: stderr
-                    any: info
-                control:
-                    listen: "{base}/knot.sock"
-                template:
-                  - id: default
-                    storage: "{base}"
-                    semantic-checks: off
-                    zonefile-sync: -1
-                    journal-content: none
-                zone:
-                  - domain: example.test.
-                    file: example.test.zone
-                  - domain: broken.test.
-                    file: broken.test.zone
-                """
-            )
-        )
-        (base / "example.test.zone").write_text(_zone("192.0.2.1"))
-        # Not a zone file: Knot keeps the zone configured but unloaded, and answers SERVFAIL.
-        (base / "broken.test.zone").write_text("this is { not a zone\n")
-        self.log = (base / "knot.log").open("wb")
-        self.proc = subprocess.Popen(
-            [need("knotd"), "-c", str(self.conf)], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        try:
-            self.wait_for("192.0.2.1")
-        except BaseException:
-            self.stop()
-            raise
-
-    def answer(self) -> list[str]:
-        """www.example.test. as Knot serves it now; [] while the zone is not loaded."""
-        import dns.exception
-        import dns.message
-        import dns.query
-
-        query = dns.message.make_query("www.example.test.", "A")
-        try:
-            reply = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.2)
-        except (dns.exception.Timeout, OSError):
-            return []
-        return [rdata.to_text() for rrset in reply.answer for rdata in rrset]
-
-    def wait_for(self, address: str) -> None:
-        """Until Knot serves `address` for www: it loads and reloads zones in the background."""
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.base / "knot.log").read_text())
-            if self.answer() == [address]:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(
-            f"knotd does not serve {address}: {(self.base / 'knot.log').read_text()}"
-        )
+        zones = {
+            "example.test.": _zone("192.0.2.1"),
+            # Not a zone file: Knot keeps the zone configured but unloaded, and answers SERVFAIL.
+            "broken.test.": "this is { not a zone\n",
+        }
+        super().__init__(base, zones, "www.example.test.", "192.0.2.1")
 
     def set_www(self, address: str, serial: int) -> None:
-        text = _zone(address).replace(" 1 3600 ", f" {serial} 3600 ")
-        (self.base / "example.test.zone").write_text(text)
-        subprocess.run(
-            [need("knotc"), "-c", str(self.conf), "zone-reload", "example.test."],
-            check=True,
-            capture_output=True,
-            timeout=20,
-        )
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        self.set_zone("example.test.", _zone(address).replace(" 1 3600 ", f" {serial} 3600 "))
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +271,7 @@ async def test_garbage_replies(run_probe: RunProbe, reply: Any, reason: str) -> 
 
 
 async def test_port_unreachable_is_connect(run_probe: RunProbe) -> None:
-    port = _free_port()
+    port = knot_server.free_udp_tcp_port()
     result = await run_probe(probe(f"127.0.0.1:{port}", "x.test."))
     assert result.reason == "connect", result.message
 
