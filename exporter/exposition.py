@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter import metrics
 from exporter.config import Config, Region
 from exporter.metrics import MetricSpec, Type
-from exporter.state import TargetState, label_text
+from exporter.state import TargetState, escape_label, label_text
 
 _isal_zlib: ModuleType | None
 try:
@@ -178,6 +178,27 @@ def _gauge(name: str) -> Renderer:
     return render
 
 
+def _points_to(name: str) -> Renderer:
+    # The probe stores a bit mask (bit i: the answer points into the target's i-th configured
+    # region), so TargetState keeps one number per name and the labels come from the config.
+    def render(out: list[str], states: Sequence[TargetState]) -> int:
+        start = len(out)
+        for st in states:
+            mask = st.gauges.get(name)
+            if mask is None:
+                continue
+            labels = st.labels
+            bits = int(mask)
+            names = getattr(st.target.prepared, "region_names", ())
+            out += [
+                f'{name}{{{labels},answer_region="{escape_label(r)}"}} {(bits >> i) & 1}\n'
+                for i, r in enumerate(names)
+            ]
+        return len(out) - start
+
+    return render
+
+
 def _renderer(spec: MetricSpec) -> Renderer:
     if spec.type is Type.HISTOGRAM:
         return _histogram(spec.name)
@@ -187,6 +208,8 @@ def _renderer(spec: MetricSpec) -> Renderer:
         return _failures(spec.name)
     if spec is metrics.PROBE_PHASE:
         return _phases(spec.name)
+    if spec is metrics.DNS_POINTS_TO:
+        return _points_to(spec.name)
     return _gauge(spec.name)
 
 

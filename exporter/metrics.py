@@ -291,6 +291,15 @@ DNS_ANSWER_TTL = MetricSpec(
     "keep that answer.",
     Scope.TARGET,
 )
+DNS_POINTS_TO = MetricSpec(
+    "failover_dns_answer_points_to",
+    Type.GAUGE,
+    "1 if the last dns probe's answer points into the configured region answer_region (an "
+    "address in its CIDRs or a CNAME target among its names), else 0; one series per region "
+    "in the target's `regions:`. No or an unusable reply points nowhere.",
+    Scope.TARGET,
+    labels=("answer_region",),
+)
 
 REGION_INFO = MetricSpec(
     "failover_region_info",
@@ -491,6 +500,7 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     DNS_RCODE,
     DNS_ANSWERS,
     DNS_ANSWER_TTL,
+    DNS_POINTS_TO,
     REGION_INFO,
     REGION_PRIORITY,
     REGION_MAINTENANCE,
