@@ -25,7 +25,8 @@ import aiohttp
 
 from exporter import config
 from exporter.config import Config, ConfigError, Image, Region
-from exporter.docker_images import DockerError, DockerHandle, DockerSettings
+from exporter.docker_images import DockerError, DockerHandle
+from exporter.docker_settings import DockerSettings
 from exporter.probes.cold_start import ensure_image, started_container
 from exporter.resources import Resources
 

@@ -1,31 +1,26 @@
-"""Command line: `failover-exporter [run] | check-config FILE | demo`."""
+"""Command line: `failover-exporter [run] | check-config | demo | drill | bench`.
+
+Argument parsing and dispatch only; the server lifecycle (serve, signals, event loop) is app.py.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-from aiohttp import web
 
 from exporter import __version__, bench, config, webconfig
 from exporter import log as logsetup
-from exporter.app import make_app
-from exporter.config import Config, ConfigError
+from exporter.app import loop_factory, run_async, serve
+from exporter.config import ConfigError
 from exporter.engine import Engine
 from exporter.fields import split_host_port
-from exporter.webconfig import WebConfig
 
 DEFAULT_LISTEN = ":10077"
 COMMANDS = ("run", "check-config", "demo", "drill", "bench")
 log = logging.getLogger("exporter")
-T = TypeVar("T")
 
 
 def _common_web(p: argparse.ArgumentParser) -> None:
@@ -73,32 +68,6 @@ def _event_loop_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The loop factory for `--event-loop`; None is asyncio's default loop."""
-    if event_loop == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if event_loop == "uvloop":
-            raise
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def run_async(main: Awaitable[T], event_loop: str) -> T:
-    async def wrapped() -> T:
-        module = type(asyncio.get_running_loop()).__module__
-        log.info(
-            "event loop", extra={"loop": "uvloop" if module.startswith("uvloop") else "asyncio"}
-        )
-        return await main
-
-    with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
-        return runner.run(wrapped())
-
-
 def _shard_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shard",
@@ -118,7 +87,8 @@ def _shard(text: str) -> config.Shard:
 
 
 def parser() -> argparse.ArgumentParser:
-    from exporter.demo import REGIONS as DEMO_REGIONS  # demo imports this module
+    # Lazy: the demo's simulated regions load only when the parser is built.
+    from exporter.demo import REGIONS as DEMO_REGIONS
 
     top = argparse.ArgumentParser(
         prog="failover-exporter",
@@ -348,58 +318,4 @@ def check_config(file: str, expand: bool = False, shard: config.Shard | None = N
                 f"{t.service or '-'}\t{t.name}\tregion={t.region or '-'}\timage={t.image or '-'}"
                 f"\t{t.kind}: {what}"
             )
-    return 0
-
-
-async def serve(
-    engine: Engine,
-    cfg: Config,
-    listen: tuple[str | None, int],
-    started: Callable[[int], Awaitable[None]] | None = None,
-    extra_routes: Sequence[web.RouteDef] = (),
-    web_config: WebConfig | None = None,
-) -> int:
-    """Serve until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
-    loop = asyncio.get_running_loop()
-    app = make_app(engine, cfg, extra_routes, web_config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    host, port = listen
-    ssl_context = web_config.ssl_context if web_config else None
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
-    try:
-        await site.start()
-    except OSError as exc:
-        log.error("cannot listen", extra={"address": f"{host or ''}:{port}", "error": exc.strerror})
-        await runner.cleanup()
-        return 1
-    bound = port
-    server: Any = site._server
-    if port == 0 and server is not None and server.sockets:
-        bound = server.sockets[0].getsockname()[1]
-    log.info(
-        "listening",
-        extra={
-            "address": f"{host or ''}:{bound}",
-            "version": __version__,
-            **webconfig.describe(web_config),
-        },
-    )
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, engine.request_reload)
-    # Objects alive after start-up never need collecting; freezing them keeps gen2 collections
-    # (10 ms pauses that would land in probe timings) short.
-    gc.collect()
-    gc.freeze()
-    try:
-        if started is not None:
-            await started(bound)
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
     return 0

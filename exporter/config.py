@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from exporter import schema, templates
-from exporter.docker_images import DockerSettings, RunSettings
+from exporter.docker_settings import DockerSettings, RunSettings
 from exporter.fields import (
     NO_SECRETS,
     Scrubber,
@@ -843,6 +843,16 @@ def _build(
             if shard is not None and not shard.owns(root.vantage, svc.name, tgt.name):
                 skipped += 1
                 continue
+            # A dns target's answer regions are joined to the region verdict by name.
+            for name in getattr(tgt.probe, "regions", None) or ():
+                if name not in roles:
+                    issues.append(
+                        src.issue(
+                            ("services", s, "targets", t, "probe", "regions", name),
+                            f"{name!r} is not a region of service {svc.name!r} "
+                            f"({', '.join(roles)})",
+                        )
+                    )
             make(
                 ("services", s, "targets", t),
                 tgt,

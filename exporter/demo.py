@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from exporter import cli, config
+from exporter import config
+from exporter.app import run_async, serve
 from exporter.config import Config
 from exporter.engine import Engine
 from exporter.webconfig import WebConfig
@@ -175,7 +176,7 @@ async def run(
                     outage.append(asyncio.create_task(primary.after(outage_after)))
 
             try:
-                return await cli.serve(engine, cfg, listen, started, primary.routes(), web_config)
+                return await serve(engine, cfg, listen, started, primary.routes(), web_config)
             finally:
                 for task in outage:
                     task.cancel()
@@ -248,5 +249,5 @@ def main(
     event_loop: str = "asyncio",
 ) -> int:
     if serve is not None:
-        return cli.run_async(serve_one(serve, listen), event_loop)
-    return cli.run_async(run(listen, outage_after, web_config), event_loop)
+        return run_async(serve_one(serve, listen), event_loop)
+    return run_async(run(listen, outage_after, web_config), event_loop)

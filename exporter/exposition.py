@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter import metrics
 from exporter.config import Config, Region
 from exporter.metrics import MetricSpec, Type
-from exporter.state import TargetState, label_text
+from exporter.state import TargetState, escape_label, label_text
 
 _isal_zlib: ModuleType | None
 try:
@@ -152,9 +152,13 @@ def _failures(name: str) -> Renderer:
 def _phases(name: str) -> Renderer:
     def render(out: list[str], states: Sequence[TargetState]) -> int:
         start = len(out)
+        whole = _WHOLE.get
         for st in states:
             labels = st.labels
-            out += [f'{name}{{{labels},phase="{p}"}} {fmt(v)}\n' for p, v in st.phases.items()]
+            out += [
+                f'{name}{{{labels},phase="{p}"}} {whole(v) or fmt(v)}\n'
+                for p, v in st.phases.items()
+            ]
         return len(out) - start
 
     return render
@@ -163,11 +167,33 @@ def _phases(name: str) -> Renderer:
 def _gauge(name: str) -> Renderer:
     def render(out: list[str], states: Sequence[TargetState]) -> int:
         start = len(out)
+        whole = _WHOLE.get
         out += [
-            f"{name}{{{st.labels}}} {fmt(v)}\n"
+            f"{name}{{{st.labels}}} {whole(v) or fmt(v)}\n"
             for st in states
             if (v := st.gauges.get(name)) is not None
         ]
+        return len(out) - start
+
+    return render
+
+
+def _points_to(name: str) -> Renderer:
+    # The probe stores a bit mask (bit i: the answer points into the target's i-th configured
+    # region), so TargetState keeps one number per name and the labels come from the config.
+    def render(out: list[str], states: Sequence[TargetState]) -> int:
+        start = len(out)
+        for st in states:
+            mask = st.gauges.get(name)
+            if mask is None:
+                continue
+            labels = st.labels
+            bits = int(mask)
+            names = getattr(st.target.prepared, "region_names", ())
+            out += [
+                f'{name}{{{labels},answer_region="{escape_label(r)}"}} {(bits >> i) & 1}\n'
+                for i, r in enumerate(names)
+            ]
         return len(out) - start
 
     return render
@@ -182,6 +208,8 @@ def _renderer(spec: MetricSpec) -> Renderer:
         return _failures(spec.name)
     if spec is metrics.PROBE_PHASE:
         return _phases(spec.name)
+    if spec is metrics.DNS_POINTS_TO:
+        return _points_to(spec.name)
     return _gauge(spec.name)
 
 

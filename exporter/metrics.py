@@ -82,6 +82,11 @@ class Reason(StrEnum):
     ANSWER_MISMATCH = "answer_mismatch"
     SECTION = "section_mismatch"
     DNSSEC = "dnssec"
+    # http through proxy_url: the proxy itself refused or could not be reached, asked for
+    # credentials (407), or answered CONNECT with anything else than 2xx: the origin may be fine.
+    PROXY_CONNECT = "proxy_connect"
+    PROXY_AUTH = "proxy_auth"
+    PROXY_ERROR = "proxy_error"
     ERROR = "error"
 
 
@@ -158,9 +163,9 @@ PROBE_FAILURES = MetricSpec(
 PROBE_PHASE = MetricSpec(
     "failover_probe_phase_duration_seconds",
     Type.GAUGE,
-    "Duration of each phase of the last probe (http: dns, connect, tls, first_byte, transfer; "
-    "tcp: dns, connect, tls, expect; postgres: connect, read, write; icmp: dns, rtt; "
-    "dns: dns, udp, tcp).",
+    "Duration of each phase of the last probe (http: dns, connect, connect_tunnel, tls, "
+    "first_byte, transfer; tcp: dns, connect, tls, expect; postgres: connect, read, write; "
+    "icmp: dns, rtt; dns: dns, udp, tcp).",
     Scope.TARGET,
     labels=("phase",),
 )
@@ -285,6 +290,15 @@ DNS_ANSWER_TTL = MetricSpec(
     "Largest TTL in the answer section of the last dns probe's reply: the longest a cache may "
     "keep that answer.",
     Scope.TARGET,
+)
+DNS_POINTS_TO = MetricSpec(
+    "failover_dns_answer_points_to",
+    Type.GAUGE,
+    "1 if the last dns probe's answer points into the configured region answer_region (an "
+    "address in its CIDRs or a CNAME target among its names), else 0; one series per region "
+    "in the target's `regions:`. No or an unusable reply points nowhere.",
+    Scope.TARGET,
+    labels=("answer_region",),
 )
 
 REGION_INFO = MetricSpec(
@@ -486,6 +500,7 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     DNS_RCODE,
     DNS_ANSWERS,
     DNS_ANSWER_TTL,
+    DNS_POINTS_TO,
     REGION_INFO,
     REGION_PRIORITY,
     REGION_MAINTENANCE,

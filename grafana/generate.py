@@ -679,6 +679,26 @@ def overview() -> dm.Dashboard:
         "none",
         steps((None, "green"), (1, "red")),
         UP_DOWN,
+        width=12,
+    )
+    dns_region = timeline(
+        "DNS answer region per vantage",
+        "vantage_service_target_answer_region:failover_dns_answer_points_to:max: 1 = the "
+        "vantage's answer for the dns target points into answer_region (its `regions:`), beside "
+        "the region verdict. After a failover every row of the old primary should turn grey "
+        "within the TTL; FailoverDNSStillPointsAtDownPrimary pages if a quorum's does not. "
+        "Isolated vantages are left out. Empty without dns targets that declare `regions:`.",
+        [
+            query(
+                "vantage_service_target_answer_region:failover_dns_answer_points_to:max"
+                f"{sel(F_SERVICE, F_VANTAGE)}",
+                "{{vantage}} {{target}} → {{answer_region}}",
+            )
+        ],
+        "none",
+        steps((None, "text"), (1, "blue")),
+        mapping(v0=("elsewhere", "text"), v1=("POINTS HERE", "blue")),
+        width=12,
     )
     return dashboard(
         "overview",
@@ -697,6 +717,7 @@ def overview() -> dm.Dashboard:
             matrix,
             isolated.height(8),
             history,
+            dns_region,
             row("Network, vantage → region"),
             rtt,
             loss,

@@ -505,3 +505,30 @@ def test_dns_settings(tmp_path: Path) -> None:
         "c.yml:16: services[0].targets[1].probe.answers_must_match[0]: "
         "invalid regular expression: missing ), unterminated subpattern at position 0"
     ]
+
+
+def test_dns_regions(tmp_path: Path) -> None:
+    def target(regions: str) -> str:
+        return BASE + (
+            "      - name: d\n        region: eu\n"
+            f"        probe: {{kind: dns, server: 'h:53', name: x., regions: {regions}}}\n"
+        )
+
+    path = tmp_path / "ok.yml"
+    path.write_text(target("{eu: [192.0.2.0/28, 2001:db8::1], us: [lb.us.example., 198.51.100.7]}"))
+    (dns_target,) = [t for t in config.load(path).targets if t.kind == "dns"]
+    assert dns_target.prepared.region_names == ("eu", "us")
+    where = "c.yml:16: services[0].targets[1].probe.regions"
+    assert errors(tmp_path, target("{eu: [192.0.2.0/24], us: [192.0.2.128/25]}")) == [
+        f"{where}.us[0]: 192.0.2.128/25 overlaps 192.0.2.0/24 of region 'eu'"
+    ]
+    assert errors(tmp_path, target("{eu: [lb.example.], us: [LB.example.]}")) == [
+        f"{where}.us[0]: LB.example. is also listed for region 'eu'"
+    ]
+    assert errors(tmp_path, target("{eu: [lb.example]}")) == [
+        f"{where}.eu[0]: 'lb.example' is not an address, a CIDR or an absolute name (ending in '.')"
+    ]
+    assert errors(tmp_path, target("{eu: []}")) == [f"{where}.eu: lists no address, CIDR or name"]
+    assert errors(tmp_path, target("{eu: [192.0.2.1], ap: [192.0.2.2]}")) == [
+        f"{where}.ap: 'ap' is not a region of service 'shop' (eu, us)"
+    ]

@@ -1,10 +1,10 @@
 """Secrets a hostile target reflects never reach an output surface.
 
-Each kind that sends a secret (http: bearer token, basic auth, secret_headers; postgres: the
-DSN's password) is pointed at a real server that echoes what it received — in the reason
-phrase, a redirect Location, an error message — raw, percent-encoded and base64-encoded. Every
-surface is then scanned: /probe with debug lines, the status page, /metrics, the log lines (logfmt
-and JSON) and the failure messages.
+Each kind that sends a secret (http: bearer token, basic auth, secret_headers, proxy_auth;
+postgres: the DSN's password) is pointed at a real server that echoes what it received — in the
+reason phrase, a redirect Location, an error message — raw, percent-encoded and base64-encoded.
+Every surface is then scanned: /probe with debug lines, the status page, /metrics, the log lines
+(logfmt and JSON) and the failure messages.
 """
 
 from __future__ import annotations
@@ -69,10 +69,13 @@ async def _http_reflector() -> tuple[asyncio.Server, int]:
             received = [
                 line.partition(":")[2].strip()
                 for line in head.split("\r\n")[1:]
-                if line.lower().startswith(("authorization:", "x-api-key:"))
+                if line.lower().startswith(("authorization:", "x-api-key:", "proxy-authorization:"))
             ]
             echo = reflections(received)
-            if path.startswith("/redirect"):
+            if head.startswith("CONNECT "):
+                # A hostile proxy: its CONNECT refusal echoes the Proxy-Authorization it got.
+                response = f"HTTP/1.1 407 {echo}\r\nX-Echo: {echo}\r\n"
+            elif path.startswith("/redirect"):
                 where = "/landed/" + quote(echo, safe="")
                 response = f"HTTP/1.1 302 Found\r\nLocation: {where}\r\n"
             else:
@@ -156,6 +159,13 @@ def _config(tmp_path: Path, http_port: int, pg_port: int) -> Path:
         "bearer-redirect": {"url": f"{base}/redirect", "bearer_token": bearer},
         "basic-reason": {"url": f"{base}/reason", "basic_auth": basic},
         "basic-redirect": {"url": f"{base}/redirect", "basic_auth": basic},
+        # The reflector as the proxy: a plain request (absolute form) and a CONNECT.
+        "proxy-reason": {"url": f"{base}/reason", "proxy_url": base, "proxy_auth": basic},
+        "proxy-connect": {
+            "url": f"https://127.0.0.1:{http_port}/",
+            "proxy_url": base,
+            "proxy_auth": basic,
+        },
     }
     probes = {name: {"kind": "http", **p} for name, p in probes.items()}
     probes["pg"] = {"kind": "postgres", "dsn_file": "dsn", "write_heartbeat": False}

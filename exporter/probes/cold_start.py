@@ -23,9 +23,9 @@ from exporter.docker_images import (
     DockerHandle,
     DockerNotFound,
     DockerUnreachable,
-    RunSettings,
     log,
 )
+from exporter.docker_settings import RunSettings
 from exporter.metrics import Reason
 from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
 

@@ -50,6 +50,8 @@ _RCODE_REASONS = {
     "REFUSED": Reason.REFUSED,
 }
 _MAX_UDP = 65535
+# The answer's regions travel as a bit mask in one float gauge (exact up to 2**53).
+MAX_REGIONS = 32
 
 
 class DnsSettings(ProbeSettings):
@@ -74,6 +76,9 @@ class DnsSettings(ProbeSettings):
     additional_must_not_match: list[str] = Field(default_factory=list)
     # Ask for and require the AD bit: the resolver validated the answer with DNSSEC.
     ad_expected: bool = False
+    # Failover awareness: which region each answer means, by address, CIDR or absolute CNAME
+    # target name (`lb.us-east.example.`). Exported as failover_dns_answer_points_to.
+    regions: dict[str, list[str]] = Field(default_factory=dict, max_length=MAX_REGIONS)
 
     @field_validator("server")
     @classmethod
@@ -91,6 +96,14 @@ class Check:
 
 
 @dataclasses.dataclass(frozen=True)
+class AnswerRegion:
+    name: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    # CNAME targets, lower-case absolute text.
+    names: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True)
 class Dns:
     host: str
     port: int
@@ -105,6 +118,52 @@ class Dns:
     min_answers: int
     checks: tuple[Check, ...]
     ad_expected: bool
+    regions: tuple[AnswerRegion, ...] = ()
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regions)
+
+
+def _regions(s: DnsSettings) -> tuple[AnswerRegion, ...]:
+    import dns.exception
+    import dns.name
+
+    out: list[AnswerRegion] = []
+    seen_nets: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+    seen_names: dict[str, str] = {}
+    for region, entries in s.regions.items():
+        if not entries:
+            raise SettingError(f"regions.{region}", "lists no address, CIDR or name")
+        nets = []
+        names = set()
+        for i, entry in enumerate(entries):
+            key = f"regions.{region}[{i}]"
+            try:
+                net = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                net = None
+            if net is not None:
+                for other, known in seen_nets:
+                    if net.version == known.version and net.overlaps(known):
+                        raise SettingError(key, f"{entry} overlaps {known} of region {other!r}")
+                seen_nets.append((region, net))
+                nets.append(net)
+                continue
+            if not entry.endswith("."):
+                raise SettingError(
+                    key, f"{entry!r} is not an address, a CIDR or an absolute name (ending in '.')"
+                )
+            try:
+                text = dns.name.from_text(entry).to_text().lower()
+            except dns.exception.DNSException as exc:
+                raise SettingError(key, f"invalid DNS name: {exc}") from None
+            if text in seen_names:
+                raise SettingError(key, f"{entry} is also listed for region {seen_names[text]!r}")
+            seen_names[text] = region
+            names.add(text)
+        out.append(AnswerRegion(region, tuple(nets), frozenset(names)))
+    return tuple(out)
 
 
 def prepare(s: DnsSettings, base_dir: Path) -> Dns:
@@ -142,6 +201,7 @@ def prepare(s: DnsSettings, base_dir: Path) -> Dns:
         min_answers=s.min_answers,
         checks=tuple(checks),
         ad_expected=s.ad_expected,
+        regions=_regions(s),
     )
 
 
@@ -193,6 +253,8 @@ async def run(p: Dns, ctx: ProbeContext) -> None:
         ctx.duration = sum(ctx.phases.values())
     finally:
         _record(ctx, reply)
+        if p.regions:
+            ctx.gauges[metrics.DNS_POINTS_TO.name] = float(_points_to(p, reply))
     rcode = dns.rcode.to_text(reply.rcode())
     ctx.log(f"rcode {rcode}, {sum(len(r) for r in reply.answer)} answers")
     if rcode not in p.rcodes:
@@ -231,6 +293,28 @@ def _record(ctx: ProbeContext, reply: dns.message.Message | None) -> None:
     g[metrics.DNS_ANSWERS.name] = float(sum(len(r) for r in reply.answer))
     # The longest a cache may keep this answer.
     g[metrics.DNS_ANSWER_TTL.name] = float(max((r.ttl for r in reply.answer), default=0))
+
+
+def _points_to(p: Dns, reply: dns.message.Message | None) -> int:
+    """Bit i set when the answer points into p.regions[i]: an A/AAAA address in its networks
+    or a CNAME target among its names. No reply, or an error reply, points nowhere."""
+    import dns.rdatatype
+
+    if reply is None:
+        return 0
+    addresses = []
+    targets = set()
+    for rrset in reply.answer:
+        for rdata in rrset:
+            if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                addresses.append(ipaddress.ip_address(rdata.address))
+            elif rrset.rdtype == dns.rdatatype.CNAME:
+                targets.add(rdata.target.to_text().lower())
+    mask = 0
+    for i, region in enumerate(p.regions):
+        if targets & region.names or any(a in net for a in addresses for net in region.networks):
+            mask |= 1 << i
+    return mask
 
 
 async def _udp(q: dns.message.Message, family: int, addr: Any) -> tuple[dns.message.Message, float]:

@@ -79,6 +79,10 @@ class HttpSettings(ProbeSettings):
     # Headers whose values are secrets (an API key): read from env or file like the auth keys,
     # never in logs, the status page or errors, dropped when a redirect leaves the origin.
     secret_headers: dict[str, SecretSource] = Field(default_factory=dict)
+    # An egress proxy (http:// only): absolute-form requests for http:// targets, a CONNECT
+    # tunnel (then TLS to the origin, with the origin's name) for https:// ones.
+    proxy_url: str | None = None
+    proxy_auth: BasicAuth | None = None
 
     @field_validator("url")
     @classmethod
@@ -114,12 +118,42 @@ class HttpSettings(ProbeSettings):
                 raise ValueError("Authorization comes from basic_auth or bearer_token already")
         return value
 
+    @field_validator("proxy_url")
+    @classmethod
+    def _check_proxy_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        url = URL(value)
+        if url.scheme != "http" or not url.host:
+            raise ValueError("must be an http:// URL (host and port of the proxy)")
+        if url.user or url.password:
+            raise ValueError("must not contain credentials; use proxy_auth with env or file")
+        if url.raw_path not in ("", "/") or url.query_string or url.fragment:
+            raise ValueError("must be only scheme, host and port")
+        return value
+
+    @field_validator("proxy_auth")
+    @classmethod
+    def _check_proxy_auth(cls, value: BasicAuth | None, info: ValidationInfo) -> BasicAuth | None:
+        if value is not None and not info.data.get("proxy_url"):
+            raise ValueError("needs proxy_url")
+        return value
+
 
 def _check_header_name(name: str) -> None:
     if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
         raise ValueError(f"{name!r} is not a valid header name")
     if name.lower() in _FRAMING:
         raise ValueError(f"header {name!r} is set by the probe (keep_alive, body)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    # The Proxy-Authorization value, sent to the proxy only (never to an origin).
+    auth: SecretStr | None = dataclasses.field(repr=False)
+    addresses: tuple[Any, ...] | None = dataclasses.field(repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +182,7 @@ class Http:
     request: bytes = dataclasses.field(repr=False)
     # The first hop's addresses when the URL's host is an IP literal (no lookup to time).
     addresses: tuple[Any, ...] | None = dataclasses.field(repr=False)
+    proxy: Proxy | None = None
 
 
 def _regexes(patterns: list[str], field: str) -> tuple[re.Pattern[bytes], ...]:
@@ -196,6 +231,8 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
             raise SettingError(field, "must not contain CR, LF or NUL")
     secret_headers = tuple((name, secret) for name, secret, _ in secrets)
     url = URL(s.url)
+    family = FAMILIES[s.ip_family]
+    proxy = _proxy(s, base_dir, family)
     defaults = {"User-Agent": _USER_AGENT, "Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
     given = {k.lower() for k in s.headers}
     headers = (
@@ -203,7 +240,6 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         *s.headers.items(),
     )
     body = s.body.encode() if s.body is not None else None
-    family = FAMILIES[s.ip_family]
     if s.follow_redirects and url.scheme == "http":
         # Loading the CA store takes tens of milliseconds: here, off the loop, not in the
         # probe that first follows a redirect to https.
@@ -226,7 +262,31 @@ def prepare(s: HttpSettings, base_dir: Path) -> Http:
         keep_alive=s.keep_alive,
         max_body_bytes=s.max_body_bytes,
         summary=f"{s.method} {url.with_query(None)}",
-        request=_request(s.method, url, headers, secret_headers, body, s.keep_alive),
+        request=_request(s.method, url, headers, secret_headers, body, s.keep_alive, proxy),
+        addresses=_literal_addresses(url, family),
+        proxy=proxy,
+    )
+
+
+def _proxy(s: HttpSettings, base_dir: Path, family: int) -> Proxy | None:
+    if s.proxy_url is None:
+        return None
+    url = URL(s.proxy_url)
+    auth: SecretStr | None = None
+    if s.proxy_auth is not None:
+        try:
+            password = s.proxy_auth.password.resolve(base_dir).get_secret_value()
+        except ValueError as exc:
+            raise SettingError("proxy_auth.password", str(exc)) from None
+        pair = f"{s.proxy_auth.username}:{password}"
+        if any(c in pair for c in "\r\n\0"):
+            raise SettingError("proxy_auth", "must not contain CR, LF or NUL")
+        register_secret(pair)  # a proxy's error page may echo what it was sent
+        auth = SecretStr("Basic " + base64.b64encode(pair.encode()).decode())
+    return Proxy(
+        host=url.raw_host or "",
+        port=url.port or 80,
+        auth=auth,
         addresses=_literal_addresses(url, family),
     )
 
@@ -238,12 +298,19 @@ def _request(
     secrets: tuple[tuple[str, SecretStr], ...],
     body: bytes | None,
     keep_alive: bool,
+    proxy: Proxy | None = None,
 ) -> bytes:
-    lines = [f"{method} {url.raw_path_qs or '/'} HTTP/1.1"]
+    target = url.raw_path_qs or "/"
+    if proxy is not None and url.scheme == "http":
+        # Absolute form to the proxy; an https origin gets its request inside the tunnel.
+        target = f"http://{url.host_port_subcomponent}{target}"
+    lines = [f"{method} {target} HTTP/1.1"]
     if not any(k.lower() == "host" for k, _ in headers):
         lines.append(f"Host: {url.host_port_subcomponent}")
     lines.extend(f"{k}: {v}" for k, v in headers)
     lines.extend(f"{k}: {v.get_secret_value()}" for k, v in secrets)
+    if proxy is not None and proxy.auth is not None and url.scheme == "http":
+        lines.append(f"Proxy-Authorization: {proxy.auth.get_secret_value()}")
     if not keep_alive:
         lines.append("Connection: close")
     if body is not None:
@@ -272,6 +339,8 @@ class _Marks:
         "tcp",
         "tls_end",
         "tls_start",
+        "tunnel_end",
+        "tunnel_start",
     )
 
     def __init__(self) -> None:
@@ -286,6 +355,9 @@ class _Marks:
         self.tcp: float | None = None
         # The kernel's SYN -> SYN-ACK time, when it has one.
         self.handshake: float | None = None
+        # CONNECT written to the proxy, and the kernel's receive time of its answer.
+        self.tunnel_start: float | None = None
+        self.tunnel_end: float | None = None
         self.secure = False
         # ClientHello written, and the kernel's receive time of the server's last handshake
         # bytes: the handshake on the wire, without the exporter's turns in between.
@@ -786,16 +858,15 @@ async def _resolve(
 
 
 async def _connect(
-    loop: asyncio.AbstractEventLoop, infos: Any, hop: _Hop, marks: _Marks
+    loop: asyncio.AbstractEventLoop, infos: Any, where: str, marks: _Marks, reason: Reason
 ) -> socket.socket:
-    where = f"{hop.host}:{hop.port}"
     if len(infos) > 1:
         marks.syn = time.perf_counter()
         try:
             sock = await aiohappyeyeballs.start_connection(addr_infos=list(infos), loop=loop)
         except OSError as exc:
-            reason = _os_reason(exc)
-            raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}") from None
+            why = _os_reason(exc)
+            raise ProbeFailure(reason, f"cannot connect to {where}: {why}") from None
         marks.tcp = time.perf_counter()
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         marks.handshake = handshake_rtt(sock, sock.family)
@@ -811,8 +882,8 @@ async def _connect(
             await _wait(loop, sock.fileno(), loop.add_writer, loop.remove_writer)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            reason = os.strerror(err).lower()
-            raise ProbeFailure(Reason.CONNECT, f"cannot connect to {where}: {reason}")
+            why = os.strerror(err).lower()
+            raise ProbeFailure(reason, f"cannot connect to {where}: {why}")
     except BaseException:
         sock.close()
         raise
@@ -870,12 +941,23 @@ class _Hop:
 
 
 async def _open(loop: asyncio.AbstractEventLoop, p: Http, hop: _Hop, marks: _Marks) -> _Conn:
-    infos = hop.addresses or await _resolve(loop, hop.host, hop.port, p.family, marks)
-    conn = _Conn(await _connect(loop, infos, hop, marks))
+    proxy = p.proxy
+    if proxy is None:
+        infos = hop.addresses or await _resolve(loop, hop.host, hop.port, p.family, marks)
+        conn = _Conn(await _connect(loop, infos, f"{hop.host}:{hop.port}", marks, Reason.CONNECT))
+    else:
+        where = f"proxy {proxy.host}:{proxy.port}"
+        try:
+            infos = proxy.addresses or await _resolve(loop, proxy.host, proxy.port, p.family, marks)
+        except ProbeFailure as exc:
+            raise ProbeFailure(Reason.PROXY_CONNECT, f"{where}: {exc.message}") from None
+        conn = _Conn(await _connect(loop, infos, where, marks, Reason.PROXY_CONNECT))
     if hop.ssl is None:
         return conn
-    marks.secure = True
     try:
+        if proxy is not None:
+            await _tunnel(loop, conn, hop, proxy, marks)
+        marks.secure = True
         await conn.start_tls(loop, hop.ssl, hop.server_name, marks)
     except ssl.SSLError as exc:
         conn.close()
@@ -889,6 +971,53 @@ async def _open(loop: asyncio.AbstractEventLoop, p: Http, hop: _Hop, marks: _Mar
     return conn
 
 
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})[ \t]?([\x20-\x7e]{0,80})")
+
+
+async def _tunnel(
+    loop: asyncio.AbstractEventLoop, conn: _Conn, hop: _Hop, proxy: Proxy, marks: _Marks
+) -> None:
+    """CONNECT through the proxy to the origin; the proxy's answer is read raw, not by llhttp:
+    after a 2xx the bytes that follow are the origin's TLS, not an HTTP body."""
+    host = f"[{hop.host}]" if ":" in hop.host else hop.host
+    authority = f"{host}:{hop.port}"
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}", f"User-Agent: {_USER_AGENT}"]
+    if proxy.auth is not None:
+        lines.append(f"Proxy-Authorization: {proxy.auth.get_secret_value()}")
+    where = f"proxy {proxy.host}:{proxy.port}"
+    marks.tunnel_start = at = time.perf_counter()
+    try:
+        await conn._send_raw(loop, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data, at = await conn.readable(loop)
+            if not data:
+                raise ProbeFailure(Reason.PROXY_ERROR, f"{where} closed the connection on CONNECT")
+            head += data
+            if len(head) > _MAX_HEAD_BYTES:
+                raise ProbeFailure(Reason.PROXY_ERROR, f"{where}: CONNECT answer head too long")
+    except OSError as exc:
+        why = _os_reason(exc)
+        raise ProbeFailure(Reason.PROXY_ERROR, f"{where}: error on CONNECT: {why}") from None
+    marks.tunnel_end = at
+    head, rest = head.split(b"\r\n\r\n", 1)
+    match = _STATUS_LINE.match(head)
+    if match is None:
+        raise ProbeFailure(Reason.PROXY_ERROR, f"{where}: not an HTTP answer to CONNECT")
+    status = int(match[1])
+    text = f"{status} {match[2].decode('ascii')}".rstrip()
+    # 407 is the standard answer; tinyproxy answers wrong credentials with 401. An answer to
+    # CONNECT is always the proxy's own, so both are the proxy's auth.
+    if status in (401, 407):
+        sent = "rejected the credentials" if proxy.auth is not None else "requires credentials"
+        raise ProbeFailure(Reason.PROXY_AUTH, f"{where} {sent} ({text})")
+    if not 200 <= status < 300:
+        raise ProbeFailure(Reason.PROXY_ERROR, f"{where} answered CONNECT with {text}")
+    if rest:
+        # The origin speaks only after the ClientHello: these bytes came from the proxy.
+        raise ProbeFailure(Reason.PROXY_ERROR, f"{where} sent data after its CONNECT answer")
+
+
 async def _exchange(
     loop: asyncio.AbstractEventLoop,
     p: Http,
@@ -898,7 +1027,7 @@ async def _exchange(
     pool: _Idle | None,
     ctx: ProbeContext,
 ) -> None:
-    key = (hop.url.scheme, hop.host, hop.port, hop.ssl, hop.server_name, p.family)
+    key = (hop.url.scheme, hop.host, hop.port, hop.ssl, hop.server_name, p.family, p.proxy)
     conn = pool.take(key) if pool is not None else None
     reuse = False
     try:
@@ -943,6 +1072,8 @@ async def run(p: Http, ctx: ProbeContext) -> None:
     keep_body = bool(p.must_match or p.must_not_match)
     ex = _Exchange(loop, method == "HEAD", p.max_body_bytes, keep_body)
     ctx.log(p.summary)
+    if p.proxy is not None:
+        ctx.log(f"via proxy {p.proxy.host}:{p.proxy.port}")
     try:
         while True:
             await _exchange(loop, p, hop, ex, marks, pool, ctx)
@@ -964,7 +1095,7 @@ async def run(p: Http, ctx: ProbeContext) -> None:
                 secrets, server_name = (), None
                 headers = tuple((k, v) for k, v in headers if k.lower() != "host")
             ssl_ctx = p.ssl if p.ssl is not None or url.scheme != "https" else _default_ssl()
-            request = _request(method, url, headers, secrets, body, p.keep_alive)
+            request = _request(method, url, headers, secrets, body, p.keep_alive, p.proxy)
             hop = _Hop(url, request, ssl_ctx, server_name)
             marks.next_hop()
             ex = _Exchange(loop, method == "HEAD", p.max_body_bytes, keep_body)
@@ -973,6 +1104,10 @@ async def run(p: Http, ctx: ProbeContext) -> None:
             ctx.status_code = ex.status
         _record_phases(ctx, marks, ex, whole=hops == 0)
     ctx.log(f"response {ex.status} {ex.reason.decode('latin-1')}".rstrip())
+    if ex.status == 407 and p.proxy is not None and hop.ssl is None:
+        # A plain http request goes to the proxy itself: 407 is the proxy's, not the origin's.
+        sent = "rejected the credentials" if p.proxy.auth is not None else "requires credentials"
+        raise ProbeFailure(Reason.PROXY_AUTH, f"proxy {p.proxy.host}:{p.proxy.port} {sent}")
     if p.valid_status:
         if ex.status not in p.valid_status:
             allowed = ", ".join(str(c) for c in sorted(p.valid_status))
@@ -1026,10 +1161,13 @@ def _record_phases(ctx: ProbeContext, m: _Marks, ex: _Exchange, whole: bool) -> 
         if m.handshake is not None:
             connect = min(connect, m.handshake)
         total += _phase(ctx, "connect", connect)
+        if m.tunnel_start is not None:
+            tunnel_to = m.tunnel_end if m.tunnel_end is not None else end
+            total += _phase(ctx, "connect_tunnel", tunnel_to - m.tunnel_start)
         if m.tcp is not None and m.secure:
             # The handshake's bytes on the wire: from the ClientHello to the kernel's receive
             # time of the server's last handshake flight.
-            tls_from = m.tls_start if m.tls_start is not None else m.tcp
+            tls_from = m.tls_start if m.tls_start is not None else (m.tunnel_end or m.tcp)
             tls_to = m.tls_end if m.ready is not None and m.tls_end is not None else end
             total += _phase(ctx, "tls", max(0.0, tls_to - tls_from))
     if m.sent is None:
@@ -1073,9 +1211,12 @@ KIND = register(
             Reason.HTTP_STATUS,
             Reason.BODY,
             Reason.BODY_TOO_LARGE,
+            Reason.PROXY_CONNECT,
+            Reason.PROXY_AUTH,
+            Reason.PROXY_ERROR,
             Reason.ERROR,
         ),
-        phases=("dns", "connect", "tls", "first_byte", "transfer"),
+        phases=("dns", "connect", "connect_tunnel", "tls", "first_byte", "transfer"),
         describe=describe,
     )
 )

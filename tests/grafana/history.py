@@ -195,6 +195,24 @@ def _icmp(base: Labels, times: list[float], rng: random.Random) -> Iterator[str]
                 yield f"{metrics.ICMP_LOST.name}{_fmt(labels)} {sum(lost[:i])} {t:.3f}"
 
 
+def _dns(base: Labels, times: list[float]) -> Iterator[str]:
+    """Every demo vantage resolves the service's name; the answer points at the primary."""
+    for vantage in demo.VANTAGES:
+        region, role, _priority = demo.REGIONS[0]
+        target = _target(region, role, "", "shop-dns", "dns", vantage)
+        ttl = {**base, **_checked(metrics.DNS_ANSWER_TTL, target)}
+        for t in times:
+            yield f"{metrics.DNS_ANSWER_TTL.name}{_fmt(ttl)} 60 {t:.3f}"
+        for answer_region, answer_role, _ in demo.REGIONS:
+            labels = {
+                **base,
+                **_checked(metrics.DNS_POINTS_TO, {**target, "answer_region": answer_region}),
+            }
+            value = 1 if answer_role == "primary" else 0
+            for t in times:
+                yield f"{metrics.DNS_POINTS_TO.name}{_fmt(labels)} {value} {t:.3f}"
+
+
 def openmetrics(exposition: str, instance: str, end: float, seed: int = 1) -> str:
     """History ending at `end` (Unix time) for the exporter scraped as `instance`."""
     rng = random.Random(seed)
@@ -207,4 +225,5 @@ def openmetrics(exposition: str, instance: str, end: float, seed: int = 1) -> st
         lines += _demo_series(target, base, times, rng)
     lines += _synthetic(base, times, end, rng)
     lines += _icmp(base, times, rng)
+    lines += _dns(base, times)
     return "\n".join(lines) + "\n# EOF\n"

@@ -4,6 +4,8 @@ and against UDP sockets the test writes (silence, garbage)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -14,8 +16,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from exporter import metrics
+from exporter import exposition, metrics
+from exporter.probes.base import REGISTRY
+from exporter.scheduler import Scheduler
+from exporter.state import TargetState
+from tests.conftest import MakeConfig
 from tests.probes.conftest import RunProbe
 from tests.tools import need
 
@@ -237,6 +244,57 @@ async def test_zone_change_seen_after_reload(run_probe: RunProbe, knot: Knot) ->
         assert (await run_probe(flipped)).success
     finally:
         knot.set_www("192.0.2.1", serial=3)
+        knot.wait_for("192.0.2.1")
+
+
+async def _points_to(result: Any) -> dict[str, str]:
+    """answer_region -> value of failover_dns_answer_points_to, as /metrics renders it."""
+    state = TargetState(result.target, REGISTRY["dns"].reasons)
+    state.record(result)
+    text = (await exposition.render([state], [], CollectorRegistry())).decode()
+    found = re.findall(r'failover_dns_answer_points_to\{.*answer_region="([^"]+)"\} (\S+)', text)
+    return dict(found)
+
+
+async def test_answer_points_to_region_and_follows_a_flip(
+    make_config: MakeConfig, scheduler: Scheduler, knot: Knot
+) -> None:
+    regions = {
+        "eu-west": ["192.0.2.0/28"],
+        "us-east": ["198.51.100.200", "lb.us-east.example.test."],
+    }
+
+    async def run(name: str) -> Any:
+        settings = probe(f"127.0.0.1:{knot.port}", name, regions=regions)
+        cfg = make_config(
+            "vantage: test\n"
+            "services:\n"
+            "  - name: shop\n"
+            "    regions:\n"
+            "      - {name: eu-west, role: primary, priority: 1}\n"
+            "      - {name: us-east, role: standby, priority: 2}\n"
+            "    images: [{name: i1, ref: example/shop:1}]\n"
+            f"    targets:\n      - {{name: d, region: eu-west, probe: {json.dumps(settings)}}}\n"
+        )
+        return await scheduler.probe(cfg.targets[0])
+
+    result = await run("www.example.test.")
+    assert result.success, result.message
+    assert await _points_to(result) == {"eu-west": "1", "us-east": "0"}
+    # A CNAME answer points at its target's region (the chain's A record is in no region).
+    alias = await run("alias.example.test.")
+    assert await _points_to(alias) == {"eu-west": "0", "us-east": "1"}
+    # No usable reply points nowhere, never at the last answer's region.
+    missing = await run("nope.example.test.")
+    assert missing.reason == "nxdomain"
+    assert await _points_to(missing) == {"eu-west": "0", "us-east": "0"}
+    knot.set_www("198.51.100.200", serial=4)
+    try:
+        knot.wait_for("198.51.100.200")
+        flipped = await run("www.example.test.")
+        assert await _points_to(flipped) == {"eu-west": "0", "us-east": "1"}
+    finally:
+        knot.set_www("192.0.2.1", serial=5)
         knot.wait_for("192.0.2.1")
 
 
