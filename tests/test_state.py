@@ -5,27 +5,14 @@ from __future__ import annotations
 from exporter import metrics
 from exporter.config import Target
 from exporter.probes import REGISTRY
-from exporter.state import RECENT_SAMPLES, Result, TargetState
+from exporter.state import RECENT_SAMPLES, TargetState
 from tests.conftest import MakeConfig, one_service
+from tests.support.results import result as _result
 
 
 def _target(make_config: MakeConfig) -> Target:
     cfg = make_config(one_service({"web": "{kind: http, url: 'http://127.0.0.1:9/'}"}))
     return cfg.targets[0]
-
-
-def _result(target: Target, duration: float, reason: str | None = None) -> Result:
-    return Result(
-        target=target,
-        started=1_700_000_000.0,
-        duration=duration,
-        success=reason is None,
-        reason=reason,
-        message="ok" if reason is None else "refused",
-        status_code=200 if reason is None else None,
-        phases={"connect": duration / 2},
-        debug=["a debug line"],
-    )
 
 
 def test_recent_keeps_the_latest_samples_for_the_quantiles(make_config: MakeConfig) -> None:

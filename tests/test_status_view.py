@@ -10,6 +10,7 @@ from exporter import status_view
 from exporter.config import Config, Target
 from exporter.state import Result, TargetState
 from tests.conftest import MakeConfig
+from tests.support.results import result
 
 CONFIG = """\
 vantage: v1
@@ -33,17 +34,7 @@ services:
 
 
 def _result(target: Target, duration: float, reason: str | None = None) -> Result:
-    return Result(
-        target=target,
-        started=1_700_000_000.0,
-        duration=duration,
-        success=reason is None,
-        reason=reason,
-        message="",
-        status_code=200 if reason is None else None,
-        phases={},
-        debug=[],
-    )
+    return result(target, duration, reason, message="", phases={}, debug=[])
 
 
 def _states(cfg: Config, runs: dict[str, list[tuple[float, str | None]]]) -> list[TargetState]:
