@@ -290,6 +290,16 @@ async def repeat(chain: Chain) -> list[Report]:
     return reports
 
 
+async def _step(chain: Chain, argv: list[str], name: str, report: Report) -> bool:
+    """Run the inject or recover command; False (the failure in the report) ends the run."""
+    try:
+        await chain.command(argv)
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        report.errors.append(f"{name} failed: {exc or 'timed out'}")
+        return False
+    return True
+
+
 async def _drill(chain: Chain, anchor: float | None = None) -> Report:
     opts, prom, hook, clock = chain.opts, chain.prom, chain.hook, chain.clock
     sel = f'service="{opts.service}",target_region="{opts.region}"'
@@ -302,10 +312,7 @@ async def _drill(chain: Chain, anchor: float | None = None) -> Report:
         report.errors.append("the region is not healthy before the drill; nothing to measure")
         return report
     log.info("injecting outage", extra={"command": shlex.join(opts.inject)})
-    try:
-        await chain.command(opts.inject)
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        report.errors.append(f"inject failed: {exc or 'timed out'}")
+    if not await _step(chain, opts.inject, "inject", report):
         return report
     deadline = start + opts.timeout
 
@@ -331,10 +338,7 @@ async def _drill(chain: Chain, anchor: float | None = None) -> Report:
         return report
     await clock.sleep(opts.recover_after)
     log.info("injecting recovery", extra={"command": shlex.join(opts.recover)})
-    try:
-        await chain.command(opts.recover)
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        report.errors.append(f"recover failed: {exc or 'timed out'}")
+    if not await _step(chain, opts.recover, "recover", report):
         return report
     rstart = clock.monotonic()
     report.recovered_at = clock.time()
