@@ -1,6 +1,8 @@
 """Command line: `failover-exporter [run] | check-config | demo | drill | bench`.
 
-Argument parsing and dispatch only; the server lifecycle (serve, signals, event loop) is app.py.
+Argument parsing and dispatch only; the server lifecycle (serve, signals, event loop) is app.py,
+the flags `run` and `demo` share are flags.py, and each program of its own (demo, drill, bench)
+declares its flags and runs in exporter/commands/.
 """
 
 from __future__ import annotations
