@@ -28,13 +28,13 @@ system-deps:
 	@scripts/system-deps
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter tests
-	$(VENV)/bin/ruff format --check exporter tests
+	$(VENV)/bin/ruff check exporter tests deploy/kubernetes/generate.py
+	$(VENV)/bin/ruff format --check exporter tests deploy/kubernetes/generate.py
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix exporter tests
-	$(VENV)/bin/ruff format exporter tests
+	$(VENV)/bin/ruff check --fix exporter tests deploy/kubernetes/generate.py
+	$(VENV)/bin/ruff format exporter tests deploy/kubernetes/generate.py
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)

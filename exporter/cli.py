@@ -1,6 +1,8 @@
 """Command line: `failover-exporter [run] | check-config | demo | drill | bench`.
 
-Argument parsing and dispatch only; the server lifecycle (serve, signals, event loop) is app.py.
+Argument parsing and dispatch only; the server lifecycle (serve, signals, event loop) is app.py,
+the flags `run` and `demo` share are flags.py, and each program of its own (demo, drill, bench)
+declares its flags and runs in exporter/commands/.
 """
 
 from __future__ import annotations
@@ -11,61 +13,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporter import __version__, bench, config, webconfig
+from exporter import __version__, bench, config, flags
 from exporter import log as logsetup
 from exporter.app import loop_factory, run_async, serve
 from exporter.config import ConfigError
 from exporter.engine import Engine
-from exporter.fields import split_host_port
+from exporter.flags import parse_listen
 
-DEFAULT_LISTEN = ":10077"
+# loop_factory and parse_listen are re-exported: tests resolve loops and addresses as the CLI does.
+__all__ = ["COMMANDS", "check_config", "loop_factory", "main", "parse_listen", "parser"]
+
 COMMANDS = ("run", "check-config", "demo", "drill", "bench")
 log = logging.getLogger("exporter")
-
-
-def _common_web(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--web.listen-address",
-        dest="listen",
-        default=DEFAULT_LISTEN,
-        metavar="HOST:PORT",
-        help=f"address for /metrics, the status page and /probe (default {DEFAULT_LISTEN})",
-    )
-    p.add_argument(
-        "--log.level",
-        dest="log_level",
-        default="info",
-        choices=["debug", "info", "warn", "error"],
-        help="minimum level of log lines (default info)",
-    )
-    p.add_argument(
-        "--log.format",
-        dest="log_format",
-        default="logfmt",
-        choices=["logfmt", "json"],
-        help="log line format (default logfmt)",
-    )
-    p.add_argument(
-        "--web.config.file",
-        dest="web_config",
-        default=None,
-        metavar="FILE",
-        help="TLS and basic auth for every endpoint, in the Prometheus exporter-toolkit format",
-    )
-
-
-EVENT_LOOPS = ("auto", "asyncio", "uvloop")
-
-
-def _event_loop_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--event-loop",
-        dest="event_loop",
-        default="auto",
-        choices=EVENT_LOOPS,
-        help="event loop: uvloop (about 20 %% less CPU per probe, tighter timings; the `uvloop` "
-        "extra), asyncio, or auto: uvloop when it is installed (default auto)",
-    )
 
 
 def _shard_arg(p: argparse.ArgumentParser) -> None:
@@ -87,8 +46,9 @@ def _shard(text: str) -> config.Shard:
 
 
 def parser() -> argparse.ArgumentParser:
-    # Lazy: the demo's simulated regions load only when the parser is built.
-    from exporter.demo import REGIONS as DEMO_REGIONS
+    # Lazy: each command module (the demo's simulated regions, the drill) loads only when the
+    # parser is built.
+    from exporter.commands import demo, drill
 
     top = argparse.ArgumentParser(
         prog="failover-exporter",
@@ -99,8 +59,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run the exporter daemon (default)")
     run.add_argument("--config", dest="config", required=True, metavar="FILE", help="YAML config")
-    _common_web(run)
-    _event_loop_arg(run)
+    flags.add_server_arguments(run)
     _shard_arg(run)
     check = sub.add_parser("check-config", help="validate a config file, print every error")
     check.add_argument("file", metavar="FILE")
@@ -110,102 +69,17 @@ def parser() -> argparse.ArgumentParser:
         help="also print every target after template expansion (and sharding), one a line",
     )
     _shard_arg(check)
-    demo = sub.add_parser(
-        "demo",
-        help="simulated regions on loopback probed from three vantages; needs nothing else",
+    demo.add_arguments(
+        sub.add_parser(
+            "demo",
+            help="simulated regions on loopback probed from three vantages; needs nothing else",
+        )
     )
-    _common_web(demo)
-    _event_loop_arg(demo)
-    demo.add_argument(
-        "--outage-after",
-        dest="outage_after",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="take the primary region down after this many seconds",
+    drill.add_arguments(
+        sub.add_parser("drill", help="inject a primary outage, time detect/alert/page")
     )
-    demo.add_argument(
-        "--serve",
-        choices=[*(name for name, _, _ in DEMO_REGIONS), "control"],
-        default=None,
-        metavar="REGION",
-        help="serve only this simulated region (or `control`) on --web.listen-address, without "
-        "the exporter: regions as separate containers, as in deploy/compose.yaml",
-    )
-    _drill_parser(sub.add_parser("drill", help="inject a primary outage, time detect/alert/page"))
     bench.add_arguments(sub.add_parser("bench", help="run each image variant, rank by latency"))
     return top
-
-
-def _drill_parser(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Inject a primary-region outage (a command you give: stop its containers, flip a "
-        "firewall rule, ...) and measure time to detect (probes fail), time to alert (firing "
-        "in Prometheus) and time to page (Alertmanager notifies the drill's webhook), then "
-        "recovery. Point an Alertmanager webhook receiver at --webhook.listen-address."
-    )
-    p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
-    p.add_argument("--service", required=True, help="service to drill")
-    p.add_argument("--region", required=True, help="the primary region to take down")
-    p.add_argument(
-        "--inject", required=True, metavar="COMMAND", help="command that causes the outage"
-    )
-    p.add_argument("--recover", metavar="COMMAND", help="command that ends the outage")
-    p.add_argument(
-        "--alert", default="FailoverPrimaryRegionDown", help="alert expected to fire and page"
-    )
-    p.add_argument(
-        "--webhook.listen-address",
-        dest="webhook",
-        default="127.0.0.1:10078",
-        metavar="HOST:PORT",
-        help="where the drill receives Alertmanager's webhook (default 127.0.0.1:10078)",
-    )
-    p.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for each step (300)"
-    )
-    p.add_argument(
-        "--recover-after",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="keep the outage this long after the page before recovering (0)",
-    )
-    p.add_argument(
-        "--resolve-timeout",
-        type=float,
-        default=420.0,
-        metavar="SECONDS",
-        help="how long to wait for the alert to resolve after recovery (420; the alert is "
-        "held by keep_firing_for)",
-    )
-    p.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        metavar="N",
-        help="run the outage N times (needs --recover), each inject a further 1/N of "
-        "--scrape-interval into the scrape cycle, after the previous run resolved; prints each "
-        "run and min/median/max of detect/alert/page (1)",
-    )
-    p.add_argument(
-        "--scrape-interval",
-        type=float,
-        default=15.0,
-        metavar="SECONDS",
-        help="the scrape/evaluation cycle --repeat spreads its injects over (15)",
-    )
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-
-
-def parse_listen(address: str) -> tuple[str | None, int]:
-    try:
-        host, port = split_host_port(address, empty_host=True)
-    except ValueError as exc:
-        raise ValueError(f"invalid --web.listen-address {address!r}: {exc}") from None
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"invalid --web.listen-address {address!r}: use HOST:PORT or :PORT")
-    return (host or None), int(port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,72 +89,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(args_list)
     if args.command == "check-config":
         return check_config(args.file, args.expand, args.shard)
+    if args.command == "demo":
+        from exporter.commands import demo
+
+        return demo.main(args)
     if args.command == "drill":
-        return _drill(args)
+        from exporter.commands import drill
+
+        return drill.main(args)
     if args.command == "bench":
         logsetup.setup("warning", "logfmt")
         return bench.main(args)
-    logsetup.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
-    try:
-        listen = parse_listen(args.listen)
-    except ValueError as exc:
-        print(f"failover-exporter: {exc}", file=sys.stderr)
-        return 2
-    web_config = None
-    if args.web_config is not None:
-        try:
-            web_config = webconfig.load(args.web_config)
-        except ConfigError as exc:
-            exc.report("web config")
-            return 1
-    try:
-        loop_factory(args.event_loop)
-    except ImportError:
-        print(
-            "failover-exporter: --event-loop=uvloop needs uvloop: "
-            "pip install 'failover-exporter[uvloop]'",
-            file=sys.stderr,
-        )
-        return 2
-    if args.command == "demo":
-        from exporter import demo
-
-        return demo.main(listen, args.outage_after, web_config, args.serve, args.event_loop)
+    server = flags.server(args)
+    if isinstance(server, int):
+        return server
     engine = Engine(path=Path(args.config), shard=args.shard)
     try:
         cfg = config.load(args.config, args.shard, engine.sd_cache)
     except ConfigError as exc:
         exc.report()
         return 1
-    return run_async(serve(engine, cfg, listen, web_config=web_config), args.event_loop)
-
-
-def _drill(args: argparse.Namespace) -> int:
-    import shlex
-
-    from exporter import drill
-
-    logsetup.setup("info", "logfmt")
-    try:
-        host, port = parse_listen(args.webhook)
-    except ValueError as exc:
-        print(f"failover-exporter: {exc}", file=sys.stderr)
-        return 2
-    opts = drill.DrillOptions(
-        prometheus=args.prometheus,
-        service=args.service,
-        region=args.region,
-        inject=shlex.split(args.inject),
-        recover=shlex.split(args.recover) if args.recover else None,
-        alert=args.alert,
-        webhook=(host or "0.0.0.0", port),  # noqa: S104 - Alertmanager may be remote
-        timeout=args.timeout,
-        recover_after=args.recover_after,
-        resolve_timeout=args.resolve_timeout,
-        repeat=max(1, args.repeat),
-        scrape_interval=args.scrape_interval,
+    return run_async(
+        serve(engine, cfg, server.listen, web_config=server.web_config), server.event_loop
     )
-    return drill.main(opts, args.json)
 
 
 def check_config(file: str, expand: bool = False, shard: config.Shard | None = None) -> int:

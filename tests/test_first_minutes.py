@@ -6,7 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from exporter import demo, web
+from exporter import web
+from exporter.commands import demo
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -14,7 +14,7 @@ import yaml
 
 from exporter import config
 from exporter.cli import parser
-from exporter.demo import IMAGES, REGIONS
+from exporter.commands.demo import IMAGES, REGIONS
 from tests.tools import need
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,8 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from exporter import demo, metrics
+from exporter import metrics
+from exporter.commands import demo
 
 STEP = 30.0
 SPAN = 40 * 60.0

@@ -64,12 +64,28 @@ def _auth(env: str = "PROXY_PASSWORD") -> dict[str, Any]:
     return {"username": USER, "password": {"env": env}}
 
 
+def _via(proxy_url: str, target: str, ca_file: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An http probe of `target` through the proxy at `proxy_url`, trusting the test CA if given."""
+    probe: dict[str, Any] = {"kind": "http", "url": target, "proxy_url": proxy_url, **extra}
+    if ca_file is not None:
+        probe["tls"] = {"ca_file": ca_file}
+    return probe
+
+
+def _config_with(extra: str) -> str:
+    """The test config with `extra` settings on its http probe."""
+    return BASE.replace(
+        'probe: {kind: http, url: "http://127.0.0.1:1/healthz"}',
+        f'probe: {{kind: http, url: "http://127.0.0.1:1/healthz", {extra}}}',
+    )
+
+
 async def test_plain_http_through_proxy(
     run_probe: RunProbe, origin: tuple[list[web.Request], int], open_proxy: Proxy
 ) -> None:
     seen, port = origin
     target = url("http", "127.0.0.1", port, "/ok")
-    result = await run_probe({"kind": "http", "url": target, "proxy_url": open_proxy.url})
+    result = await run_probe(_via(open_proxy.url, target))
     assert result.success, result.message
     assert len(seen) == 1
     # Really through the proxy: it logged the request, and no tunnel was needed.
@@ -85,13 +101,7 @@ async def test_https_through_connect_tunnel(
     ca_file: str,
 ) -> None:
     seen, port = tls_origin
-    probe = {
-        "kind": "http",
-        "url": url("https", "127.0.0.1", port, "/ok"),
-        "proxy_url": open_proxy.url,
-        "tls": {"ca_file": ca_file},
-    }
-    result = await run_probe(probe)
+    result = await run_probe(_via(open_proxy.url, url("https", "127.0.0.1", port, "/ok"), ca_file))
     assert result.success, result.message
     assert len(seen) == 1
     assert f"): CONNECT 127.0.0.1:{port} HTTP/1.1" in open_proxy.log_text()
@@ -105,13 +115,8 @@ async def test_keep_alive_reuses_the_tunnel(
     ca_file: str,
 ) -> None:
     seen, port = tls_origin
-    probe = {
-        "kind": "http",
-        "url": url("https", "127.0.0.1", port, "/ok"),
-        "proxy_url": open_proxy.url,
-        "tls": {"ca_file": ca_file},
-        "keep_alive": True,
-    }
+    target = url("https", "127.0.0.1", port, "/ok")
+    probe = _via(open_proxy.url, target, ca_file, keep_alive=True)
     first = await run_probe(probe)
     second = await run_probe(probe)
     assert first.success, first.message
@@ -133,9 +138,7 @@ async def test_auth_required_without_credentials(
     plain = url("http", "127.0.0.1", origin[1], "/ok")
     tls = url("https", "127.0.0.1", tls_origin[1], "/ok")
     for target in (plain, tls):
-        probe = {"kind": "http", "url": target, "proxy_url": auth_proxy.url}
-        probe["tls"] = {"ca_file": ca_file}
-        result = await run_probe(probe)
+        result = await run_probe(_via(auth_proxy.url, target, ca_file))
         assert result.reason == "proxy_auth", (target, result.message)
         assert "requires credentials" in result.message
     assert origin[0] == []
@@ -155,8 +158,7 @@ async def test_auth_right_and_wrong_credentials(
     plain = url("http", "127.0.0.1", origin[1], "/ok")
     tls = url("https", "127.0.0.1", tls_origin[1], "/ok")
     for target in (plain, tls):
-        probe: dict[str, Any] = {"kind": "http", "url": target, "proxy_url": auth_proxy.url}
-        probe["tls"] = {"ca_file": ca_file}
+        probe = _via(auth_proxy.url, target, ca_file)
         good = await run_probe({**probe, "proxy_auth": _auth()})
         assert good.success, (target, good.message)
         bad = await run_probe({**probe, "proxy_auth": _auth("WRONG_PASSWORD")})
@@ -182,8 +184,7 @@ async def test_proxy_down_is_proxy_connect(
 ) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     for target in (url("http", "127.0.0.1", origin[1], "/ok"), "https://127.0.0.1:1/ok"):
-        probe = {"kind": "http", "url": target, "proxy_url": closed, "tls": {"ca_file": ca_file}}
-        result = await run_probe(probe)
+        result = await run_probe(_via(closed, target, ca_file))
         assert result.reason == "proxy_connect", (target, result.message)
         assert "proxy 127.0.0.1" in result.message
     assert origin[0] == []
@@ -194,17 +195,8 @@ async def test_origin_down_behind_live_proxy(
 ) -> None:
     down = free_port()
     with tinyproxy(tmp_path / "p", connect_ports=(down,)) as proxy:
-        tls = await run_probe(
-            {
-                "kind": "http",
-                "url": f"https://127.0.0.1:{down}/ok",
-                "proxy_url": proxy.url,
-                "tls": {"ca_file": ca_file},
-            }
-        )
-        plain = await run_probe(
-            {"kind": "http", "url": f"http://127.0.0.1:{down}/ok", "proxy_url": proxy.url}
-        )
+        tls = await run_probe(_via(proxy.url, f"https://127.0.0.1:{down}/ok", ca_file))
+        plain = await run_probe(_via(proxy.url, f"http://127.0.0.1:{down}/ok"))
     # The proxy answered: not proxy_connect. CONNECT refused by the proxy is the proxy's error;
     # a plain request gets the proxy's error page, a status the origin did not send.
     assert tls.reason == "proxy_error", tls.message
@@ -217,14 +209,8 @@ async def test_connect_port_refused_by_proxy_is_proxy_error(
 ) -> None:
     # A proxy that allows CONNECT to another port only (tinyproxy: 403).
     with tinyproxy(tmp_path / "p", connect_ports=(tls_origin[1] + 1,)) as proxy:
-        result = await run_probe(
-            {
-                "kind": "http",
-                "url": url("https", "127.0.0.1", tls_origin[1], "/ok"),
-                "proxy_url": proxy.url,
-                "tls": {"ca_file": ca_file},
-            }
-        )
+        target = url("https", "127.0.0.1", tls_origin[1], "/ok")
+        result = await run_probe(_via(proxy.url, target, ca_file))
     assert result.reason == "proxy_error", result.message
     assert tls_origin[0] == []
 
@@ -246,11 +232,7 @@ async def test_connect_port_refused_by_proxy_is_proxy_error(
 def test_bad_proxy_settings_are_config_errors(
     tmp_path: Path, extra: str, field: str, message: str
 ) -> None:
-    text = BASE.replace(
-        'probe: {kind: http, url: "http://127.0.0.1:1/healthz"}',
-        f'probe: {{kind: http, url: "http://127.0.0.1:1/healthz", {extra}}}',
-    )
-    (issue,) = errors(tmp_path, text)
+    (issue,) = errors(tmp_path, _config_with(extra))
     assert issue.startswith(f"c.yml:13: services[0].targets[0].probe.{field}: "), issue
     assert message in issue, issue
 
@@ -260,11 +242,7 @@ def test_missing_proxy_password_names_the_key(
 ) -> None:
     monkeypatch.delenv("PROXY_PASSWORD", raising=False)
     extra = 'proxy_url: "http://p:1", proxy_auth: {username: u, password: {env: PROXY_PASSWORD}}'
-    text = BASE.replace(
-        'probe: {kind: http, url: "http://127.0.0.1:1/healthz"}',
-        f'probe: {{kind: http, url: "http://127.0.0.1:1/healthz", {extra}}}',
-    )
-    (issue,) = errors(tmp_path, text)
+    (issue,) = errors(tmp_path, _config_with(extra))
     assert "proxy_auth.password" in issue, issue
     assert "PROXY_PASSWORD is not set" in issue, issue
 
@@ -292,13 +270,7 @@ async def test_hostile_proxy_answers_are_proxy_error(
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        result = await run_probe(
-            {
-                "kind": "http",
-                "url": "https://127.0.0.1:1/ok",
-                "proxy_url": f"http://127.0.0.1:{port}",
-            }
-        )
+        result = await run_probe(_via(f"http://127.0.0.1:{port}", "https://127.0.0.1:1/ok"))
     finally:
         server.close()
         await server.wait_closed()

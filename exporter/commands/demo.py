@@ -8,6 +8,7 @@ A single scrape therefore gives the quorum rules three vantages to vote with.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from exporter import config
+from exporter import config, flags
 from exporter.app import run_async, serve
 from exporter.config import Config
 from exporter.engine import Engine
@@ -241,13 +242,30 @@ async def serve_one(name: str, listen: tuple[str | None, int]) -> int:
         await runner.cleanup()
 
 
-def main(
-    listen: tuple[str | None, int],
-    outage_after: float | None,
-    web_config: WebConfig | None = None,
-    serve: str | None = None,
-    event_loop: str = "asyncio",
-) -> int:
-    if serve is not None:
-        return run_async(serve_one(serve, listen), event_loop)
-    return run_async(run(listen, outage_after, web_config), event_loop)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    flags.add_server_arguments(p)
+    p.add_argument(
+        "--outage-after",
+        dest="outage_after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="take the primary region down after this many seconds",
+    )
+    p.add_argument(
+        "--serve",
+        choices=[*(name for name, _, _ in REGIONS), "control"],
+        default=None,
+        metavar="REGION",
+        help="serve only this simulated region (or `control`) on --web.listen-address, without "
+        "the exporter: regions as separate containers, as in deploy/compose.yaml",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    server = flags.server(args)
+    if isinstance(server, int):
+        return server
+    if args.serve is not None:
+        return run_async(serve_one(args.serve, server.listen), server.event_loop)
+    return run_async(run(server.listen, args.outage_after, server.web_config), server.event_loop)

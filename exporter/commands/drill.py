@@ -14,6 +14,7 @@ the first failed probe falls against the scrape and evaluation cycles: one run s
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -21,12 +22,16 @@ import json
 import logging
 import shlex
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from exporter import flags
+from exporter import log as logsetup
 
 log = logging.getLogger("exporter.drill")
 
@@ -228,10 +233,10 @@ async def run(opts: DrillOptions) -> list[Report]:
     timeout = aiohttp.ClientTimeout(total=10)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            prom = _Prometheus(session, opts.prometheus)
+            chain = Chain(opts, _Prometheus(session, opts.prometheus), hook)
             if opts.repeat <= 1:
-                return [await _drill(opts, prom, hook)]
-            return await repeat(opts, prom, hook)
+                return [await _drill(chain)]
+            return await repeat(chain)
     finally:
         await runner.cleanup()
 
@@ -253,16 +258,22 @@ def summary(values: list[float | None]) -> tuple[float, float, float] | None:
     return min(seen), statistics.median(seen), max(seen)
 
 
-async def repeat(
-    opts: DrillOptions,
-    prom: _Prometheus,
-    hook: _Webhook,
-    clock: Clock = CLOCK,
-    command: Command | None = None,
-) -> list[Report]:
+@dataclasses.dataclass
+class Chain:
+    """What a drill run drives and watches; tests pass a modelled world and a virtual clock."""
+
+    opts: DrillOptions
+    prom: _Prometheus
+    hook: _Webhook
+    clock: Clock = CLOCK
+    command: Command = _run_command
+
+
+async def repeat(chain: Chain) -> list[Report]:
     """Run the drill `opts.repeat` times, each inject `scrape_interval / repeat` further into the
     scrape cycle. Each run must end resolved (alert gone, resolved notification) before the next:
     a next run against a still-firing alert would time nothing."""
+    opts, hook, clock = chain.opts, chain.hook, chain.clock
     reports: list[Report] = []
     anchor = clock.monotonic()
     for i in range(opts.repeat):
@@ -270,7 +281,7 @@ async def repeat(
             offset = phase_offset(i, opts.repeat, opts.scrape_interval)
             await clock.sleep(phase_delay(clock.monotonic(), anchor, opts.scrape_interval, offset))
         hook.reset()
-        report = await _drill(opts, prom, hook, clock, command, anchor)
+        report = await _drill(chain, anchor)
         reports.append(report)
         if not report.ok or report.resolved_page_seconds is None:
             if report.resolved_page_seconds is None and not report.errors:
@@ -279,15 +290,18 @@ async def repeat(
     return reports
 
 
-async def _drill(
-    opts: DrillOptions,
-    prom: _Prometheus,
-    hook: _Webhook,
-    clock: Clock = CLOCK,
-    command: Command | None = None,
-    anchor: float | None = None,
-) -> Report:
-    run_command = command or _run_command
+async def _step(chain: Chain, argv: list[str], name: str, report: Report) -> bool:
+    """Run the inject or recover command; False (the failure in the report) ends the run."""
+    try:
+        await chain.command(argv)
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        report.errors.append(f"{name} failed: {exc or 'timed out'}")
+        return False
+    return True
+
+
+async def _drill(chain: Chain, anchor: float | None = None) -> Report:
+    opts, prom, hook, clock = chain.opts, chain.prom, chain.hook, chain.clock
     sel = f'service="{opts.service}",target_region="{opts.region}"'
     healthy = await prom.query(f"max(failover_probe_success{{{sel}}}) == 1")
     start = clock.monotonic()
@@ -298,10 +312,7 @@ async def _drill(
         report.errors.append("the region is not healthy before the drill; nothing to measure")
         return report
     log.info("injecting outage", extra={"command": shlex.join(opts.inject)})
-    try:
-        await run_command(opts.inject)
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        report.errors.append(f"inject failed: {exc or 'timed out'}")
+    if not await _step(chain, opts.inject, "inject", report):
         return report
     deadline = start + opts.timeout
 
@@ -327,10 +338,7 @@ async def _drill(
         return report
     await clock.sleep(opts.recover_after)
     log.info("injecting recovery", extra={"command": shlex.join(opts.recover)})
-    try:
-        await run_command(opts.recover)
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        report.errors.append(f"recover failed: {exc or 'timed out'}")
+    if not await _step(chain, opts.recover, "recover", report):
         return report
     rstart = clock.monotonic()
     report.recovered_at = clock.time()
@@ -381,7 +389,92 @@ def summary_text(reports: list[Report], runs: int) -> str:
     return "\n".join(rows)
 
 
-def main(opts: DrillOptions, json_path: str | None) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Inject a primary-region outage (a command you give: stop its containers, flip a "
+        "firewall rule, ...) and measure time to detect (probes fail), time to alert (firing "
+        "in Prometheus) and time to page (Alertmanager notifies the drill's webhook), then "
+        "recovery. Point an Alertmanager webhook receiver at --webhook.listen-address."
+    )
+    p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
+    p.add_argument("--service", required=True, help="service to drill")
+    p.add_argument("--region", required=True, help="the primary region to take down")
+    p.add_argument(
+        "--inject", required=True, metavar="COMMAND", help="command that causes the outage"
+    )
+    p.add_argument("--recover", metavar="COMMAND", help="command that ends the outage")
+    p.add_argument(
+        "--alert", default="FailoverPrimaryRegionDown", help="alert expected to fire and page"
+    )
+    p.add_argument(
+        "--webhook.listen-address",
+        dest="webhook",
+        default="127.0.0.1:10078",
+        metavar="HOST:PORT",
+        help="where the drill receives Alertmanager's webhook (default 127.0.0.1:10078)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for each step (300)"
+    )
+    p.add_argument(
+        "--recover-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep the outage this long after the page before recovering (0)",
+    )
+    p.add_argument(
+        "--resolve-timeout",
+        type=float,
+        default=420.0,
+        metavar="SECONDS",
+        help="how long to wait for the alert to resolve after recovery (420; the alert is "
+        "held by keep_firing_for)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the outage N times (needs --recover), each inject a further 1/N of "
+        "--scrape-interval into the scrape cycle, after the previous run resolved; prints each "
+        "run and min/median/max of detect/alert/page (1)",
+    )
+    p.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="the scrape/evaluation cycle --repeat spreads its injects over (15)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    logsetup.setup("info", "logfmt")
+    try:
+        host, port = flags.parse_listen(args.webhook)
+    except ValueError as exc:
+        print(f"failover-exporter: {exc}", file=sys.stderr)
+        return 2
+    opts = DrillOptions(
+        prometheus=args.prometheus,
+        service=args.service,
+        region=args.region,
+        inject=shlex.split(args.inject),
+        recover=shlex.split(args.recover) if args.recover else None,
+        alert=args.alert,
+        webhook=(host or "0.0.0.0", port),  # noqa: S104 - Alertmanager may be remote
+        timeout=args.timeout,
+        recover_after=args.recover_after,
+        resolve_timeout=args.resolve_timeout,
+        repeat=max(1, args.repeat),
+        scrape_interval=args.scrape_interval,
+    )
+    return execute(opts, args.json)
+
+
+def execute(opts: DrillOptions, json_path: str | None) -> int:
     if opts.repeat > 1 and opts.recover is None:
         print("failover-exporter drill: --repeat needs --recover (each run must end resolved)")
         return 2

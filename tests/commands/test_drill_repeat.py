@@ -4,7 +4,7 @@ The world below is a model, not Prometheus: the scrape ticks every 15 s, a vanta
 seen at the first tick a second after the inject, the alert fires a cycle later and the page
 arrives 10 s after that. What is tested is the drill's bookkeeping: where each run's inject falls
 in the cycle, that each run waits for the previous one to resolve, and the figures it prints.
-The real chain (demo + Prometheus + Alertmanager) is tests/test_drill.py.
+The real chain (demo + Prometheus + Alertmanager) is tests/commands/test_drill.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from exporter import drill
+from exporter.commands import drill
 
 SCRAPE = 15.0
 
@@ -120,7 +120,8 @@ async def _repeat(world: World, runs: int) -> list[drill.Report]:
     clock = FakeClock(world)
     hook = drill._Webhook("FailoverPrimaryRegionDown", "shop", "eu-west", clock)
     world.hook = hook
-    return await drill.repeat(_opts(runs), FakePrometheus(world), hook, clock, world.command)
+    chain = drill.Chain(_opts(runs), FakePrometheus(world), hook, clock, world.command)
+    return await drill.repeat(chain)
 
 
 def test_phase_offsets_spread_the_runs_over_the_cycle() -> None:
@@ -170,5 +171,5 @@ def test_summary_of_nothing_observed() -> None:
 def test_repeat_needs_recover(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     opts = _opts(3)
     opts.recover = None
-    assert drill.main(opts, str(tmp_path / "r.json")) == 2
+    assert drill.execute(opts, str(tmp_path / "r.json")) == 2
     assert "--repeat needs --recover" in capsys.readouterr().out
