@@ -14,9 +14,9 @@ from pathlib import Path
 from exporter import __version__, bench, config, webconfig
 from exporter import log as logsetup
 from exporter.app import loop_factory, run_async, serve
-from exporter.config import ConfigError
 from exporter.engine import Engine
 from exporter.fields import split_host_port
+from exporter.source import ConfigError
 
 DEFAULT_LISTEN = ":10077"
 COMMANDS = ("run", "check-config", "demo", "drill", "bench")

@@ -21,11 +21,12 @@ from prometheus_client import (
 )
 
 from exporter import __version__, config, metrics, templates
-from exporter.config import Config, ConfigError
 from exporter.docker_images import ImageRefresher
 from exporter.metrics import SelfMetrics
+from exporter.model import Config, Shard
 from exporter.resources import Resources
 from exporter.scheduler import Scheduler
+from exporter.source import ConfigError
 
 log = logging.getLogger("exporter")
 # Seconds between looks at the file_sd files (a stat of each; inotify is not portable).
@@ -39,7 +40,7 @@ class Engine:
         self,
         loader: Callable[[], Config] | None = None,
         path: Path | None = None,
-        shard: config.Shard | None = None,
+        shard: Shard | None = None,
     ):
         self.path = path
         # Each file_sd file's last good groups: a file that turns bad keeps them.

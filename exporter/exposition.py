@@ -15,8 +15,8 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import metrics
-from exporter.config import Config, Region
 from exporter.metrics import MetricSpec, Type
+from exporter.model import Config, Region
 from exporter.state import TargetState, escape_label, label_text
 
 _isal_zlib: ModuleType | None

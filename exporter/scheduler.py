@@ -17,8 +17,8 @@ import time
 import traceback
 from collections.abc import Callable
 
-from exporter.config import Config, Target
 from exporter.metrics import Reason, SelfMetrics, SkipReason
+from exporter.model import Config, Target
 from exporter.probes import REGISTRY, ProbeContext, ProbeFailure
 from exporter.resources import Resources
 from exporter.state import Outcome, Result, TargetState

@@ -12,8 +12,8 @@ import dataclasses
 import time
 
 from exporter import metrics
-from exporter.config import Target
 from exporter.metrics import Reason
+from exporter.model import Target
 
 
 class Histogram:

@@ -10,10 +10,10 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from exporter import __version__, exposition, status_view
-from exporter.config import Target
 from exporter.engine import Engine
 from exporter.log import rfc3339
 from exporter.metrics import TARGET_LABELS, Role
+from exporter.model import Target
 from exporter.probes import REGISTRY
 from exporter.state import Result, label_text
 

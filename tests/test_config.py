@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from exporter import config
-from exporter.config import ConfigError
 from exporter.fields import format_duration, parse_duration
 from exporter.probes import REGISTRY
+from exporter.source import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "config.yml"
 BASE = """\

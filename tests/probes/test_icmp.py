@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from exporter import metrics
-from exporter.config import ConfigError
+from exporter.source import ConfigError
 from exporter.state import Result, TargetState
 from tests import netns
 from tests.conftest import MakeConfig, one_service
