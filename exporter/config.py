@@ -337,9 +337,8 @@ def _build(
         try:
             with collect_secrets() as secrets:
                 prepared = kind.prepare(t.probe, base_dir)
-            bind = getattr(prepared, "bind", None)
-            if bind is not None:
-                prepared = bind(binding or Binding(root.vantage, t.name, None, None))
+            if kind.bind is not None:
+                prepared = kind.bind(prepared, binding or Binding(root.vantage, t.name, None, None))
         except SettingError as exc:
             field = tuple(p for p in exc.field.split(".") if p)
             issues.append(src.issue((*loc, "probe", *field), exc.message))
@@ -357,7 +356,7 @@ def _build(
             prepared=prepared,
             interval=t.interval or d.interval,
             timeout=t.timeout or d.timeout,
-            bound=binding if bind is not None else None,
+            bound=binding if kind.bind is not None else None,
             secrets=secrets.digest(),
             scrub=secrets.scrubber(),
             user_labels=user_labels,

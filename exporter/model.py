@@ -83,7 +83,7 @@ class Image:
 
 @dataclasses.dataclass(frozen=True)
 class Binding:
-    """What a probe whose prepared object has `bind(binding)` may depend on beyond its settings."""
+    """What a kind's `bind` hook (`ProbeKind.bind`) may attach beyond the probe settings."""
 
     vantage: str
     target: str

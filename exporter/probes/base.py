@@ -1,4 +1,9 @@
-"""The probe contract: settings model, prepare step, run coroutine, and the context they share."""
+"""The probe contract: settings model, prepare step, run coroutine, and the context they share.
+
+A kind is one `ProbeKind` passed to `register` from its own module (probes/__init__.py imports
+every sibling). Everything the rest of the exporter asks of a kind is a field of `ProbeKind`:
+the optional hooks have defaults, so a kind states only what it uses.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 from exporter.fields import Model
 from exporter.log import rfc3339
 from exporter.metrics import Reason
+from exporter.model import Binding
 from exporter.resources import Resources
 
 
@@ -86,6 +92,12 @@ class ProbeKind(Generic[PreparedT]):
     `prepare` turns validated settings into a runtime object once per config load (secrets read,
     regexes compiled, TLS contexts built); it raises ValueError for config errors. `run` performs
     one probe and raises ProbeFailure; the scheduler owns the timeout and the metrics.
+
+    Optional hooks:
+    - `bind(prepared, binding)` attaches what the kind needs beyond its settings (a cold start's
+      region endpoint and image), at load, raising ValueError for config errors. The loader
+      compares the binding on reload, so a changed region or image restarts the target.
+    - `describe(settings)` is the status page's one-line summary of a target.
     """
 
     name: str
@@ -95,6 +107,7 @@ class ProbeKind(Generic[PreparedT]):
     reasons: tuple[Reason, ...]
     phases: tuple[str, ...]
     describe: Callable[[Any], str] = lambda settings: ""
+    bind: Callable[[PreparedT, Binding], PreparedT] | None = None
     # How the bundle (prometheus/ rules, grafana/ dashboards) treats the kind. Every kind must
     # say both; None means unclassified, and tests/prometheus fails on it and on any selector of
     # the bundle that disagrees (bundle_probe_regex builds the selectors' regexes).

@@ -264,5 +264,6 @@ KIND = register(
         reasons=(Reason.TIMEOUT, Reason.DOCKER, Reason.ERROR),
         phases=("pull", "create", "start", "ready"),
         describe=describe,
+        bind=ColdStart.bind,
     )
 )
