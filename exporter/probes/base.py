@@ -85,7 +85,7 @@ class ProbeContext:
 PreparedT = TypeVar("PreparedT")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ProbeKind(Generic[PreparedT]):
     """One probe kind.
 
@@ -104,8 +104,9 @@ class ProbeKind(Generic[PreparedT]):
     settings: type[ProbeSettings]
     prepare: Callable[[Any, Path], PreparedT]
     run: Callable[[PreparedT, ProbeContext], Awaitable[None]]
-    reasons: tuple[Reason, ...]
     phases: tuple[str, ...]
+    # The kind's own failure reasons; `register` adds the ones every kind has (COMMON_REASONS).
+    reasons: tuple[Reason, ...] = ()
     describe: Callable[[Any], str] = lambda settings: ""
     bind: Callable[[PreparedT, Binding], PreparedT] | None = None
     # How the bundle (prometheus/ rules, grafana/ dashboards) treats the kind. Every kind must
@@ -126,9 +127,18 @@ def bundle_probe_regex(attribute: str) -> str:
     return "|".join(sorted(n for n, k in REGISTRY.items() if getattr(k, attribute) is True))
 
 
+# Reasons the runner reports for every kind: the timeout it owns, and a kind raising anything
+# but ProbeFailure (a bug). Timeout first and error last, as the failure series are ordered.
+COMMON_REASONS = (Reason.TIMEOUT, Reason.ERROR)
+
+
 def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:
+    """Add `kind` to the registry, with the common reasons around its own; the registered kind
+    is returned (modules keep it as KIND)."""
     if kind.name in REGISTRY:
         raise RuntimeError(f"probe kind {kind.name!r} registered twice")
+    own = tuple(r for r in kind.reasons if r not in COMMON_REASONS)
+    kind = dataclasses.replace(kind, reasons=(Reason.TIMEOUT, *own, Reason.ERROR))
     REGISTRY[kind.name] = kind
     return kind
 

@@ -426,7 +426,7 @@ KIND = register(
         settings=IcmpSettings,
         prepare=prepare,
         run=run,
-        reasons=(Reason.TIMEOUT, Reason.DNS, Reason.CONNECT, Reason.PERMISSION, Reason.ERROR),
+        reasons=(Reason.DNS, Reason.CONNECT, Reason.PERMISSION),
         phases=("dns", "rtt"),
         describe=describe,
     )
