@@ -82,4 +82,5 @@ class Runner:
             debug=ctx.debug,
             gauges=ctx.gauges,
             observations=ctx.observations,
+            counters=ctx.counters,
         )

@@ -39,9 +39,11 @@ class ProbeFailure(Exception):
 
 
 class ProbeContext:
-    """What a running probe records: phase timings, extra gauges, debug lines."""
+    """What a running probe records: phase timings, extra gauges, counters, observations of
+    catalogue histograms, debug lines."""
 
     __slots__ = (
+        "counters",
         "debug",
         "duration",
         "gauges",
@@ -68,6 +70,12 @@ class ProbeContext:
         self.duration: float | None = None
         # Extra histogram observations by catalogue name (e.g. cold start, image pull).
         self.observations: list[tuple[str, float]] = []
+        # Increments of catalogue counters by name (e.g. icmp packets sent), see `count`.
+        self.counters: dict[str, float] = {}
+
+    def count(self, name: str, value: float = 1.0) -> None:
+        """Add `value` to the target's catalogue counter `name` (counted also on failure)."""
+        self.counters[name] = self.counters.get(name, 0.0) + value
 
     def log(self, message: str) -> None:
         self.debug.append(f"{rfc3339(time.time())} {message}")
