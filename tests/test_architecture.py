@@ -11,6 +11,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from exporter.probes import REGISTRY
+from exporter.probes.base import COMMON_REASONS
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "exporter"
 MAX_LINES = 500
@@ -174,3 +177,19 @@ def test_modules_stay_readable() -> None:
     assert not long, f"over {MAX_LINES} lines; split them or add a reason to LONG_MODULES: {long}"
     stale = sorted(m for m in LONG_MODULES if lengths.get(m, 0) <= MAX_LINES)
     assert not stale, f"no longer long (or gone), remove from LONG_MODULES: {stale}"
+
+
+def test_each_probe_kind_is_one_module_and_classified() -> None:
+    # Adding a kind is its own probes/<kind>.py (discovered, no list to edit) plus the bundle
+    # classification in its register call; docs/architecture.md lists the rest it touches.
+    kind_modules = {
+        m.rpartition(".")[2]
+        for m in MODULES
+        if m.startswith("exporter.probes.") and m != "exporter.probes.base"
+    }
+    assert set(REGISTRY) == kind_modules
+    for name, kind in REGISTRY.items():
+        assert kind.settings.__module__ == f"exporter.probes.{name}", name
+        assert kind.votes_in_quorum is not None, name
+        assert kind.ranks_images is not None, name
+        assert set(COMMON_REASONS) <= set(kind.reasons), name
