@@ -76,11 +76,10 @@ class _Timed(Model):
     def _note_timings(
         cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
     ) -> Self:
-        context = info.context
-        timings = context.get(TIMINGS) if isinstance(context, dict) else None
+        context = info.context if isinstance(info.context, dict) else {}
+        timings = context.get(TIMINGS)
         if timings is None or not isinstance(data, dict):
             return handler(data)
-        assert isinstance(context, dict)
         noted: dict[str, float] = {}
         timings[id(data)] = context[_NOTED] = noted
         try:
