@@ -17,8 +17,8 @@ from aiohttp import web
 
 from exporter import __version__, webconfig
 from exporter import web as handlers
-from exporter.config import Config
 from exporter.engine import Engine
+from exporter.model import Config
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger("exporter")

@@ -24,11 +24,12 @@ from typing import Any, TextIO
 import aiohttp
 
 from exporter import config
-from exporter.config import Config, ConfigError, Image, Region
 from exporter.docker_images import DockerError, DockerHandle
 from exporter.docker_settings import DockerSettings
+from exporter.model import Config, Image, Region
 from exporter.probes.cold_start import ensure_image, started_container
 from exporter.resources import Resources
+from exporter.source import ConfigError
 
 RANKING_RULE = (
     "Ranked by p95 latency under load (lower is better); ties by median cold start. "

@@ -16,9 +16,9 @@ from pathlib import Path
 from exporter import __version__, bench, config, flags
 from exporter import log as logsetup
 from exporter.app import loop_factory, run_async, serve
-from exporter.config import ConfigError
 from exporter.engine import Engine
 from exporter.flags import parse_listen
+from exporter.source import ConfigError
 
 # loop_factory and parse_listen are re-exported: tests resolve loops and addresses as the CLI does.
 __all__ = ["COMMANDS", "check_config", "loop_factory", "main", "parse_listen", "parser"]

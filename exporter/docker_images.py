@@ -27,7 +27,7 @@ from exporter.docker_settings import DockerSettings
 from exporter.resources import Resources
 
 if TYPE_CHECKING:
-    from exporter.config import Config
+    from exporter.model import Config
 
 log = logging.getLogger("exporter.docker")
 T = TypeVar("T")

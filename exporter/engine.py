@@ -1,4 +1,5 @@
-"""The running exporter: current config, scheduler, registries and resources, and reload."""
+"""The running exporter: current config, scheduler (with its runner, history and self-watch),
+registries and resources, and reload."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ from prometheus_client import (
 )
 
 from exporter import __version__, config, metrics, templates
-from exporter.config import Config, ConfigError
 from exporter.docker_images import ImageRefresher
+from exporter.history import History
 from exporter.metrics import SelfMetrics
+from exporter.model import Config, Shard
 from exporter.resources import Resources
+from exporter.runner import Runner
 from exporter.scheduler import Scheduler
+from exporter.selfwatch import SelfWatch
+from exporter.source import ConfigError
 
 log = logging.getLogger("exporter")
 # Seconds between looks at the file_sd files (a stat of each; inotify is not portable).
@@ -39,7 +44,7 @@ class Engine:
         self,
         loader: Callable[[], Config] | None = None,
         path: Path | None = None,
-        shard: config.Shard | None = None,
+        shard: Shard | None = None,
     ):
         self.path = path
         # Each file_sd file's last good groups: a file that turns bad keeps them.
@@ -61,7 +66,18 @@ class Engine:
             version=__version__, python_version=platform.python_version()
         ).set(1)
         self.resources = Resources()
-        self.scheduler = Scheduler(self.metrics, self.resources)
+        # Shared by the scheduler and the web handlers: /probe runs the scheduler's probe, the
+        # status page shows its history and overload verdict.
+        self.runner = Runner(self.resources)
+        self.history = History()
+        self.selfwatch = SelfWatch(self.metrics)
+        self.scheduler = Scheduler(
+            self.metrics,
+            self.resources,
+            runner=self.runner,
+            history=self.history,
+            selfwatch=self.selfwatch,
+        )
         # Image metadata is read in the background and rendered from its cached snapshot.
         self.images = ImageRefresher(self.resources)
         self.registry.register(self.images)

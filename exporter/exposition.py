@@ -15,8 +15,8 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import metrics
-from exporter.config import Config, Region
 from exporter.metrics import MetricSpec, Type
+from exporter.model import Config, Region
 from exporter.state import TargetState, escape_label, label_text
 
 _isal_zlib: ModuleType | None
@@ -178,6 +178,20 @@ def _gauge(name: str) -> Renderer:
     return render
 
 
+def _counter(name: str) -> Renderer:
+    def render(out: list[str], states: Sequence[TargetState]) -> int:
+        start = len(out)
+        whole = _WHOLE.get
+        out += [
+            f"{name}{{{st.labels}}} {whole(v) or fmt(v)}\n"
+            for st in states
+            if (v := st.counters.get(name)) is not None
+        ]
+        return len(out) - start
+
+    return render
+
+
 def _points_to(name: str) -> Renderer:
     # The probe stores a bit mask (bit i: the answer points into the target's i-th configured
     # region), so TargetState keeps one number per name and the labels come from the config.
@@ -210,6 +224,8 @@ def _renderer(spec: MetricSpec) -> Renderer:
         return _phases(spec.name)
     if spec is metrics.DNS_POINTS_TO:
         return _points_to(spec.name)
+    if spec.type is Type.COUNTER:
+        return _counter(spec.name)
     return _gauge(spec.name)
 
 
@@ -217,6 +233,7 @@ def _renderer(spec: MetricSpec) -> Renderer:
 # there when there are targets. The others only when some target has a sample.
 _ALWAYS = (metrics.PROBES, metrics.PROBE_FAILURES, metrics.PROBE_PHASE)
 _GAUGES = operator.attrgetter("gauges")
+_COUNTERS = operator.attrgetter("counters")
 _HISTOGRAMS = operator.attrgetter("histograms")
 
 
@@ -307,7 +324,7 @@ async def chunks(
     present: set[str] = set()
     for i in range(0, len(states), _PRESENCE_SLICE):
         part = states[i : i + _PRESENCE_SLICE]
-        present.update(*map(_GAUGES, part), *map(_HISTOGRAMS, part))
+        present.update(*map(_GAUGES, part), *map(_COUNTERS, part), *map(_HISTOGRAMS, part))
         if clock() >= deadline:
             await asyncio.sleep(0)
             deadline = clock() + STEP

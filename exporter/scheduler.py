@@ -1,7 +1,9 @@
 """Runs every target on its own interval, spread across the interval, with a global cap.
 
 Probes run on the exporter's schedule, not on scrape: ranking needs latency distributions filled
-at a steady rate, and counters survive missed scrapes.
+at a steady rate, and counters survive missed scrapes. This module holds the timers, the config
+diff on reload, the concurrency limiter and the stop; running one probe is `runner.py`, the
+status page's recent results `history.py`, loop lag and overload `selfwatch.py`.
 """
 
 from __future__ import annotations
@@ -13,21 +15,19 @@ import functools
 import hashlib
 import logging
 import math
-import time
-import traceback
 from collections.abc import Callable
 
-from exporter.config import Config, Target
-from exporter.metrics import Reason, SelfMetrics, SkipReason
-from exporter.probes import REGISTRY, ProbeContext, ProbeFailure
+from exporter.history import History
+from exporter.metrics import SelfMetrics, SkipReason
+from exporter.model import Config, Target
+from exporter.probes import REGISTRY
 from exporter.resources import Resources
-from exporter.state import Outcome, Result, TargetState
+from exporter.runner import Runner
+from exporter.selfwatch import OVERLOAD_WINDOW, SelfWatch
+from exporter.state import Result, TargetState
 
 log = logging.getLogger("exporter.scheduler")
 
-# Window over which the exporter judges itself overloaded.
-OVERLOAD_WINDOW = 30
-LAG_PERIOD = 0.25
 SKIP_LOG_PERIOD = 10.0
 
 
@@ -127,9 +127,17 @@ class Scheduler:
         self_metrics: SelfMetrics,
         resources: Resources,
         overload_window: int = OVERLOAD_WINDOW,
+        *,
+        runner: Runner | None = None,
+        history: History | None = None,
+        selfwatch: SelfWatch | None = None,
     ) -> None:
         self.metrics = self_metrics
         self.resources = resources
+        # The engine passes its own, shared with /probe and the status page.
+        self.runner = runner or Runner(resources)
+        self.history = history or History()
+        self.selfwatch = selfwatch or SelfWatch(self_metrics, overload_window)
         # Set by the first _start (always on the running loop). The per-probe path uses it rather
         # than asyncio.get_running_loop(), which on Python 3.11 makes a getpid() syscall per call
         # (about 12 % of a probe's CPU in py-spy, issue #20).
@@ -137,18 +145,9 @@ class Scheduler:
         self.states: dict[tuple[str, str, str], TargetState] = {}
         self.targets: dict[tuple[str, str, str], Target] = {}
         self._tasks: dict[tuple[str, str, str], _Run] = {}
-        self._monitor: asyncio.Task[None] | None = None
         self._limiter = Limiter(1)
-        self._in_flight = 0
         # Read at scrape time instead of set twice per probe.
-        self_metrics.in_flight.set_function(lambda: self._in_flight)
-        self.overload_delay = 0.05
-        self.recent: collections.deque[Result] = collections.deque(maxlen=100)
-        # Failures are kept longer than successes: they are what an operator comes to look at.
-        self.recent_failures: collections.deque[Result] = collections.deque(maxlen=200)
-        # Per second: [probes started, probes started late, loop lag samples over budget].
-        self._window: collections.deque[list[int]] = collections.deque(maxlen=overload_window)
-        self._window_second = 0
+        self_metrics.in_flight.set_function(lambda: self.runner.in_flight)
         self._stopped: set[asyncio.Task[None]] = set()
         self._skip_logged_at = -math.inf
         self._skips_unlogged = 0
@@ -162,7 +161,7 @@ class Scheduler:
         """Switch to a new config: unchanged targets keep running and keep their series."""
         self._limiter.resize(config.max_concurrency)
         self.metrics.max_concurrency.set(config.max_concurrency)
-        self.overload_delay = config.overload_delay
+        self.selfwatch.overload_delay = config.overload_delay
         wanted = {t.key: t for t in config.targets}
         for key in list(self.targets):
             if key not in wanted:
@@ -182,22 +181,12 @@ class Scheduler:
                 state.retarget(target)
             self.targets[key] = target
             self._tasks[key] = self._start(target)
-        self._forget_replaced()
+        self.history.forget_replaced(self.targets)
         self.metrics.targets.clear()
         per_vantage = collections.Counter(t.vantage for t in config.targets)
         for vantage, count in per_vantage.items():
             self.metrics.targets.labels(vantage=vantage).set(count)
-        if self._monitor is None:
-            self._monitor = asyncio.create_task(self._watch_loop(), name="loop-lag")
-
-    def _forget_replaced(self) -> None:
-        """Drop status-page history of removed or changed targets: it would keep their old
-        settings, TLS contexts and secrets alive until newer results pushed it out."""
-        for ring in (self.recent, self.recent_failures):
-            kept = [r for r in ring if self.targets.get(r.target.key) is r.target]
-            if len(kept) != len(ring):
-                ring.clear()
-                ring.extend(kept)
+        self.selfwatch.start()
 
     def _stop_target(self, key: tuple[str, str, str]) -> None:
         run = self._tasks.pop(key, None)
@@ -212,13 +201,12 @@ class Scheduler:
         """Cancel every probe and background task and wait for them all."""
         tasks = [task for run in self._tasks.values() if (task := run.cancel()) is not None]
         tasks.extend(self._stopped)
-        if self._monitor is not None:
-            tasks.append(self._monitor)
+        if (monitor := self.selfwatch.cancel()) is not None:
+            tasks.append(monitor)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        self._monitor = None
 
     @property
     def task_count(self) -> int:
@@ -292,9 +280,8 @@ class Scheduler:
                 return
         try:
             delay = max(0.0, loop.time() - slot)
-            self.metrics.start_delay.observe(delay)
-            self._count_start(delay)
-            result = await self.probe(target)
+            self.selfwatch.probe_started(delay)
+            result = await self.runner.run(target)
             if log.isEnabledFor(logging.DEBUG):
                 # One line per probe: the single measurements the histogram folds away, for
                 # debugging a target and for `make bench` to join against packet captures.
@@ -314,123 +301,26 @@ class Scheduler:
                 return
             previous = state.last
             state.record(result)
-            self._remember(result, previous)
+            self.history.remember(result, previous)
         finally:
             self._limiter.release()
 
+    # -- what the engine, the web handlers and tests read through the scheduler --------------
+
     async def probe(self, target: Target) -> Result:
-        """Run one probe of `target` under its timeout and return the result (no metrics)."""
-        kind = REGISTRY[target.kind]
-        ctx = ProbeContext(self.resources, target.vantage, target.timeout)
-        started = time.time()
-        reason: str | None = None
-        message = "ok"
-        self._in_flight += 1
-        t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(target.timeout):
-                await kind.run(target.prepared, ctx)
-        except ProbeFailure as failure:
-            reason, message = failure.reason.value, failure.message
-        except TimeoutError:
-            reason = Reason.TIMEOUT.value
-            message = f"no result within the timeout ({target.timeout:g}s)"
-        except Exception as exc:  # noqa: BLE001 - a bug in a kind is a reason, logged
-            reason = Reason.ERROR.value
-            message = f"internal error: {type(exc).__name__}"
-            # The traceback quotes the exception, which may quote what the target sent.
-            log.error(
-                "probe raised",
-                extra={
-                    "target": target.name,
-                    "vantage": target.vantage,
-                    "exc": target.scrub(traceback.format_exc()),
-                },
-            )
-        finally:
-            duration = time.perf_counter() - t0
-            self._in_flight -= 1
-        if reason is None:
-            ctx.log(message)
-            if ctx.duration is not None:
-                duration = ctx.duration
-        else:
-            ctx.log(f"failed ({reason}): {message}")
-        scrub = target.scrub
-        if scrub:
-            # The one place probe text leaves the probe: a target may reflect what it was sent.
-            message = scrub(message)
-            ctx.debug[:] = [scrub(line) for line in ctx.debug]
-        return Result(
-            target=target,
-            started=started,
-            duration=duration,
-            success=reason is None,
-            reason=reason,
-            message=message,
-            status_code=ctx.status_code,
-            phases=ctx.phases,
-            debug=ctx.debug,
-            gauges=ctx.gauges,
-            observations=ctx.observations,
-        )
+        """Run one probe of `target` now (the runner's; no metrics, no state)."""
+        return await self.runner.run(target)
 
-    def _remember(self, result: Result, previous: Outcome | None) -> None:
-        self.recent.append(result)
-        if not result.success:
-            self.recent_failures.append(result)
-        was_ok = previous is None or previous.success
-        if was_ok and not result.success:
-            log.warning(
-                "target failing",
-                extra={
-                    "target": result.target.name,
-                    "vantage": result.target.vantage,
-                    "reason": result.reason,
-                    "error": result.message,
-                },
-            )
-        elif not was_ok and result.success:
-            log.info(
-                "target recovered",
-                extra={"target": result.target.name, "vantage": result.target.vantage},
-            )
+    @property
+    def recent(self) -> collections.deque[Result]:
+        return self.history.recent
 
-    # -- self-measurement ------------------------------------------------------------------
-
-    def _bucket(self) -> list[int]:
-        # The loop's clock, not time.monotonic(): the same clock in production, and the one a
-        # test drives (tests/support/virtual_time.py).
-        second = int(asyncio.get_running_loop().time())
-        if second != self._window_second or not self._window:
-            self._window_second = second
-            self._window.append([0, 0, 0])
-        return self._window[-1]
-
-    def _count_start(self, delay: float) -> None:
-        bucket = self._bucket()
-        bucket[0] += 1
-        if delay > self.overload_delay:
-            bucket[1] += 1
-
-    async def _watch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(LAG_PERIOD)
-            lag = max(0.0, loop.time() - before - LAG_PERIOD)
-            self.metrics.loop_lag.observe(lag)
-            bucket = self._bucket()
-            if lag > self.overload_delay:
-                bucket[2] += 1
-            self.metrics.overloaded.set(1 if self.overloaded() else 0)
+    @property
+    def recent_failures(self) -> collections.deque[Result]:
+        return self.history.failures
 
     def overloaded(self) -> bool:
-        """More than 1 % of probes started late, or the loop stalled twice, in the window."""
-        started = sum(b[0] for b in self._window)
-        late = sum(b[1] for b in self._window)
-        stalls = sum(b[2] for b in self._window)
-        return stalls >= 2 or (started >= 20 and late > started / 100)
+        return self.selfwatch.overloaded()
 
     def snapshot(self) -> list[TargetState]:
         return list(self.states.values())

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union
 
-from pydantic import AfterValidator, Field
+from pydantic import (
+    AfterValidator,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from exporter import metrics
 from exporter.docker_settings import DockerSettings, RunSettings
@@ -52,7 +59,44 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
 Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 
 
-class Defaults(Model):
+# The validation-context key under which `Root.model_validate` hands the loader the interval
+# and timeout each mapping set, as validated here: {id(mapping): {"interval": s, ...}}. The
+# loader's cross-field rule (timeout below interval) reads them instead of parsing again, and
+# still runs when another field of the same mapping is invalid.
+TIMINGS = "timings"
+Timings = dict[int, dict[str, float]]
+_NOTED = "timings.current"
+
+
+class _Timed(Model):
+    """A mapping with its own interval and timeout: defaults, a target, a control target."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_timings(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
+        context = info.context if isinstance(info.context, dict) else {}
+        timings = context.get(TIMINGS)
+        if timings is None or not isinstance(data, dict):
+            return handler(data)
+        noted: dict[str, float] = {}
+        timings[id(data)] = context[_NOTED] = noted
+        try:
+            return handler(data)
+        finally:
+            context.pop(_NOTED, None)
+
+    @field_validator("interval", "timeout", mode="after", check_fields=False)
+    @classmethod
+    def _note(cls, value: float | None, info: ValidationInfo) -> float | None:
+        noted = info.context.get(_NOTED) if isinstance(info.context, dict) else None
+        if noted is not None and value is not None and info.field_name is not None:
+            noted[info.field_name] = value
+        return value
+
+
+class Defaults(_Timed):
     interval: Duration = 5.0
     timeout: Duration = 2.0
     max_concurrency: int = Field(512, ge=1, le=100_000)
@@ -83,7 +127,7 @@ class Image(Model):
     run: RunSettings | None = None
 
 
-class Target(Model):
+class Target(_Timed):
     name: Name
     region: Name
     # None for endpoints that belong to the region rather than an image variant (a database,
@@ -95,7 +139,7 @@ class Target(Model):
     labels: Labels = Field(default_factory=dict)
 
 
-class ControlTarget(Model):
+class ControlTarget(_Timed):
     name: Name
     probe: ProbeField
     interval: Duration | None = None

@@ -12,8 +12,8 @@ import dataclasses
 import time
 
 from exporter import metrics
-from exporter.config import Target
 from exporter.metrics import Reason
+from exporter.model import Target
 
 
 class Histogram:
@@ -46,6 +46,7 @@ class Result:
     debug: list[str]
     gauges: dict[str, float] = dataclasses.field(default_factory=dict)
     observations: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    counters: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class TargetState:
     """Everything exposed for one target. Survives reloads while the target's labels stay."""
 
     __slots__ = (
+        "counters",
         "failures",
         "gauges",
         "histograms",
@@ -117,6 +119,8 @@ class TargetState:
         # failure instead of a series appearing out of nowhere.
         self.failures: dict[str, int] = {r.value: 0 for r in reasons}
         self.gauges: dict[str, float] = {metrics.PROBE_INTERVAL.name: target.interval}
+        # Catalogue counters the kind counts (ProbeContext.count), by name: totals since start.
+        self.counters: dict[str, float] = {}
         self.phases: dict[str, float] = {}
         self.histograms: dict[str, Histogram] = {
             metrics.PROBE_DURATION.name: Histogram(metrics.PROBE_DURATION.buckets)
@@ -142,6 +146,10 @@ class TargetState:
         streak = metrics.PROBE_CONSECUTIVE_FAILURES.name
         g[streak] = 0.0 if result.success else g.get(streak, 0.0) + 1.0
         g.update(result.gauges)
+        if result.counters:
+            counters = self.counters
+            for name, value in result.counters.items():
+                counters[name] = counters.get(name, 0.0) + value
         latencies: list[float] = []
         for name, value in result.observations:
             self.observe(name, value)
@@ -189,9 +197,9 @@ class TargetState:
         g[metrics.PROBE_RECENT_SAMPLES.name] = float(n)
 
     def observe(self, name: str, value: float) -> None:
-        """Observe a catalogue histogram (e.g. cold start) or add to a catalogue counter."""
+        """Observe a catalogue histogram (e.g. cold start); a counter goes to `counters`."""
         if metrics.BY_NAME[name].type is metrics.Type.COUNTER:
-            self.gauges[name] = self.gauges.get(name, 0.0) + value
+            self.counters[name] = self.counters.get(name, 0.0) + value
             return
         hist = self.histograms.get(name)
         if hist is None:

@@ -11,8 +11,8 @@ import collections
 import dataclasses
 from collections.abc import Callable, Iterable
 
-from exporter.config import Config
 from exporter.metrics import Role
+from exporter.model import Config
 from exporter.state import TargetState, _nearest_rank
 
 # Two images are reported tied when the slower one's p50 is within this of the next faster one's:

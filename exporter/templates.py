@@ -13,10 +13,9 @@ import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from exporter.config import Loc, Source
+from exporter.source import ConfigError, Loc, Source, read_text, read_yaml
 
 # Far above any real fleet (20 regions × 5 images × 100 endpoints), low enough that a typo in
 # a dimension cannot make a load build millions of targets.
@@ -275,8 +274,6 @@ def _sd_cells(
 
 
 def _sd_read(path: str, regions: list[Any], images: list[Any]) -> list[dict[str, str]]:
-    from exporter.config import ConfigError, read_text, read_yaml
-
     try:
         doc = read_yaml(read_text(Path(path), "file_sd file"), path).data
     except ConfigError as exc:

@@ -10,10 +10,10 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from exporter import __version__, exposition, status_view
-from exporter.config import Target
 from exporter.engine import Engine
 from exporter.log import rfc3339
 from exporter.metrics import TARGET_LABELS, Role
+from exporter.model import Target
 from exporter.probes import REGISTRY
 from exporter.state import Result, label_text
 
@@ -120,7 +120,7 @@ async def probe(request: web.Request) -> web.Response:
     if slots.locked():
         return web.Response(status=429, text="too many /probe requests in flight\n")
     async with slots:
-        result = await engine.scheduler.probe(matches[0])
+        result = await engine.runner.run(matches[0])
     text = _probe_exposition(result)
     if request.query.get("debug", "").lower() in ("1", "true", "yes"):
         lines = "\n".join(result.debug)
@@ -279,7 +279,7 @@ async def status_page(request: web.Request) -> web.Response:
             f'<div class="fail"><b>Last reload failed</b> (old config kept):<ul>{items}</ul></div>'
         )
     overloaded = ""
-    if engine.scheduler.overloaded():
+    if engine.selfwatch.overloaded():
         overloaded = (
             '<p class="fail">Exporter overloaded: latency figures include its own delays.</p>'
         )
@@ -297,8 +297,8 @@ async def status_page(request: web.Request) -> web.Response:
         reload_note,
         overloaded,
         *_matrix(engine),
-        *_results("Recent failures", reversed(engine.scheduler.recent_failures)),
-        *_results("Recent probes", reversed(engine.scheduler.recent)),
+        *_results("Recent failures", reversed(engine.history.failures)),
+        *_results("Recent probes", reversed(engine.history.recent)),
         "</body></html>",
     ]
     return web.Response(text="".join(parts), content_type="text/html", headers=_PAGE_HEADERS)

@@ -28,9 +28,10 @@ import bcrypt
 from aiohttp import web
 from pydantic import ValidationError
 
-# The main config's loader, so that both files report errors the same way: file, line, key.
-from exporter.config import ConfigError, ConfigIssue, Loc, Source, read_text, read_yaml
 from exporter.fields import Model
+
+# The main config's loader, so that both files report errors the same way: file, line, key.
+from exporter.source import ConfigError, ConfigIssue, Loc, Source, read_text, read_yaml
 
 ClientAuth = Literal[
     "NoClientCert",

@@ -42,8 +42,8 @@ from aiohttp import web
 
 from exporter import config, exposition
 from exporter import web as handlers
-from exporter.config import Target
 from exporter.engine import Engine
+from exporter.model import Target
 from exporter.probes import REGISTRY
 from exporter.state import Result, TargetState
 

@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from exporter import config
 from exporter.app import make_app
-from exporter.config import Config
 from exporter.engine import Engine
+from exporter.model import Config
 
 MakeConfig = Callable[[str], Config]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from exporter import config
-from exporter.config import ConfigError
 from exporter.fields import format_duration, parse_duration
 from exporter.probes import REGISTRY
+from exporter.source import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "config.yml"
 BASE = """\
@@ -305,6 +305,25 @@ def test_default_timeout_must_fit_a_shorter_default_interval(tmp_path: Path) -> 
     assert errors(tmp_path, text) == [
         "c.yml:2: defaults.interval: timeout (2s) must be below interval (1s)"
     ]
+
+
+def test_the_timeout_rule_uses_the_schemas_durations_and_defaults(tmp_path: Path) -> None:
+    # An invalid duration is the schema's to report, once; the cross-field rule stays quiet on
+    # it. A valid one is checked even when another key of the same target is invalid, against
+    # the schema's default interval when the target does not set one.
+    text = BASE + (
+        "      - {name: b, region: eu, image: slim, interval: 5x, timeout: 9s,"
+        " probe: {kind: tcp, address: 'h:1'}}\n"
+        "      - {name: c, region: eu, image: slim, timeout: 5s, colour: red,"
+        " probe: {kind: tcp, address: 'h:1'}}\n"
+    )
+    issues = errors(tmp_path, text)
+    assert len(issues) == 3, issues
+    assert "services[0].targets[1].interval: '5x' is not a duration" in issues[0]
+    assert issues[1].endswith("services[0].targets[2].colour: unknown key")
+    assert issues[2].endswith(
+        "services[0].targets[2].timeout: timeout (5s) must be below interval (5s)"
+    )
 
 
 def test_tcp_tls_config_without_tls_is_an_error(tmp_path: Path) -> None:

@@ -34,9 +34,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__, config, exposition, metrics
-from exporter.config import Config, Target
 from exporter.engine import Engine
 from exporter.metrics import SelfMetrics
+from exporter.model import Config, Target
 from exporter.probes import REGISTRY
 from exporter.state import Result, TargetState, label_text
 from tests.conftest import MakeClient

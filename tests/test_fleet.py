@@ -19,8 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter import config, exposition, templates
-from exporter.config import ConfigError, Shard
 from exporter.engine import Engine
+from exporter.model import Shard
+from exporter.source import ConfigError
 from tests.conftest import MakeClient
 from tests.test_fuzz import FUZZ, check_parse, dump, mutate, paths, values
 

@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import config, webconfig
-from exporter.config import Config, ConfigError
+from exporter.model import Config
+from exporter.source import ConfigError
 from tests.tools import listening_port
 
 FUZZ = settings(

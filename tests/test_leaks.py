@@ -24,9 +24,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter.config import Config
 from exporter.engine import Engine
 from exporter.metrics import SelfMetrics
+from exporter.model import Config
 from exporter.resources import Resources
 from exporter.scheduler import Scheduler
 from tests.conftest import MakeConfig, one_service

@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import metrics
-from exporter.config import Config
 from exporter.metrics import SelfMetrics
+from exporter.model import Config
 from exporter.resources import Resources
 from exporter.scheduler import Limiter, Scheduler, phase_offset
 from exporter.web import ENGINE

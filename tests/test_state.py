@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exporter import metrics
-from exporter.config import Target
+from exporter.model import Target
 from exporter.probes import REGISTRY
 from exporter.state import RECENT_SAMPLES, TargetState
 from tests.conftest import MakeConfig, one_service

@@ -7,7 +7,7 @@ import re
 from aiohttp.test_utils import make_mocked_request
 
 from exporter import status_view
-from exporter.config import Config, Target
+from exporter.model import Config, Target
 from exporter.state import Result, TargetState
 from tests.conftest import MakeConfig
 from tests.support.results import result

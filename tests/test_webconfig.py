@@ -24,8 +24,8 @@ from aiohttp import web
 
 from exporter import cli, webconfig
 from exporter.app import make_app
-from exporter.config import ConfigError
 from exporter.engine import Engine
+from exporter.source import ConfigError
 from exporter.webconfig import BasicAuth, WebConfig
 from tests.conftest import MakeConfig, one_service
 from tests.tools import listening_port, need

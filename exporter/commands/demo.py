@@ -23,8 +23,8 @@ from aiohttp import web
 
 from exporter import config, flags
 from exporter.app import run_async, serve
-from exporter.config import Config
 from exporter.engine import Engine
+from exporter.model import Config
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger("exporter.demo")

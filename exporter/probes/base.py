@@ -1,4 +1,9 @@
-"""The probe contract: settings model, prepare step, run coroutine, and the context they share."""
+"""The probe contract: settings model, prepare step, run coroutine, and the context they share.
+
+A kind is one `ProbeKind` passed to `register` from its own module (probes/__init__.py imports
+every sibling). Everything the rest of the exporter asks of a kind is a field of `ProbeKind`:
+the optional hooks have defaults, so a kind states only what it uses.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 from exporter.fields import Model
 from exporter.log import rfc3339
 from exporter.metrics import Reason
+from exporter.model import Binding
 from exporter.resources import Resources
 
 
@@ -33,9 +39,11 @@ class ProbeFailure(Exception):
 
 
 class ProbeContext:
-    """What a running probe records: phase timings, extra gauges, debug lines."""
+    """What a running probe records: phase timings, extra gauges, counters, observations of
+    catalogue histograms, debug lines."""
 
     __slots__ = (
+        "counters",
         "debug",
         "duration",
         "gauges",
@@ -62,6 +70,12 @@ class ProbeContext:
         self.duration: float | None = None
         # Extra histogram observations by catalogue name (e.g. cold start, image pull).
         self.observations: list[tuple[str, float]] = []
+        # Increments of catalogue counters by name (e.g. icmp packets sent), see `count`.
+        self.counters: dict[str, float] = {}
+
+    def count(self, name: str, value: float = 1.0) -> None:
+        """Add `value` to the target's catalogue counter `name` (counted also on failure)."""
+        self.counters[name] = self.counters.get(name, 0.0) + value
 
     def log(self, message: str) -> None:
         self.debug.append(f"{rfc3339(time.time())} {message}")
@@ -79,22 +93,30 @@ class ProbeContext:
 PreparedT = TypeVar("PreparedT")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ProbeKind(Generic[PreparedT]):
     """One probe kind.
 
     `prepare` turns validated settings into a runtime object once per config load (secrets read,
     regexes compiled, TLS contexts built); it raises ValueError for config errors. `run` performs
     one probe and raises ProbeFailure; the scheduler owns the timeout and the metrics.
+
+    Optional hooks:
+    - `bind(prepared, binding)` attaches what the kind needs beyond its settings (a cold start's
+      region endpoint and image), at load, raising ValueError for config errors. The loader
+      compares the binding on reload, so a changed region or image restarts the target.
+    - `describe(settings)` is the status page's one-line summary of a target.
     """
 
     name: str
     settings: type[ProbeSettings]
     prepare: Callable[[Any, Path], PreparedT]
     run: Callable[[PreparedT, ProbeContext], Awaitable[None]]
-    reasons: tuple[Reason, ...]
     phases: tuple[str, ...]
+    # The kind's own failure reasons; `register` adds the ones every kind has (COMMON_REASONS).
+    reasons: tuple[Reason, ...] = ()
     describe: Callable[[Any], str] = lambda settings: ""
+    bind: Callable[[PreparedT, Binding], PreparedT] | None = None
     # How the bundle (prometheus/ rules, grafana/ dashboards) treats the kind. Every kind must
     # say both; None means unclassified, and tests/prometheus fails on it and on any selector of
     # the bundle that disagrees (bundle_probe_regex builds the selectors' regexes).
@@ -113,9 +135,18 @@ def bundle_probe_regex(attribute: str) -> str:
     return "|".join(sorted(n for n, k in REGISTRY.items() if getattr(k, attribute) is True))
 
 
+# Reasons the runner reports for every kind: the timeout it owns, and a kind raising anything
+# but ProbeFailure (a bug). Timeout first and error last, as the failure series are ordered.
+COMMON_REASONS = (Reason.TIMEOUT, Reason.ERROR)
+
+
 def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:
+    """Add `kind` to the registry, with the common reasons around its own; the registered kind
+    is returned (modules keep it as KIND)."""
     if kind.name in REGISTRY:
         raise RuntimeError(f"probe kind {kind.name!r} registered twice")
+    own = tuple(r for r in kind.reasons if r not in COMMON_REASONS)
+    kind = dataclasses.replace(kind, reasons=(Reason.TIMEOUT, *own, Reason.ERROR))
     REGISTRY[kind.name] = kind
     return kind
 

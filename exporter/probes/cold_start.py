@@ -30,7 +30,7 @@ from exporter.metrics import Reason
 from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
 
 if TYPE_CHECKING:
-    from exporter.config import Binding
+    from exporter.model import Binding
 
 # Check whether the container died this often while waiting for readiness, so a crashing
 # image fails fast instead of running into the timeout.
@@ -261,8 +261,9 @@ KIND = register(
         settings=ColdStartSettings,
         prepare=prepare,
         run=run,
-        reasons=(Reason.TIMEOUT, Reason.DOCKER, Reason.ERROR),
+        reasons=(Reason.DOCKER,),
         phases=("pull", "create", "start", "ready"),
         describe=describe,
+        bind=ColdStart.bind,
     )
 )

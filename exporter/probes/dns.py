@@ -404,7 +404,6 @@ KIND = register(
         prepare=prepare,
         run=run,
         reasons=(
-            Reason.TIMEOUT,
             Reason.DNS,
             Reason.CONNECT,
             Reason.RESET,
@@ -417,7 +416,6 @@ KIND = register(
             Reason.ANSWER_MISMATCH,
             Reason.SECTION,
             Reason.DNSSEC,
-            Reason.ERROR,
         ),
         phases=("dns", "udp", "tcp"),
         describe=describe,

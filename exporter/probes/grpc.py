@@ -274,7 +274,6 @@ KIND = register(
         prepare=prepare,
         run=run,
         reasons=(
-            Reason.TIMEOUT,
             Reason.CONNECT,
             Reason.TLS,
             Reason.RESET,
@@ -283,7 +282,6 @@ KIND = register(
             Reason.NOT_SERVING,
             Reason.SERVICE_UNKNOWN,
             Reason.UNIMPLEMENTED,
-            Reason.ERROR,
         ),
         phases=("connect", "rpc"),
         describe=describe,

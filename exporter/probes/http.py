@@ -1202,7 +1202,6 @@ KIND = register(
         prepare=prepare,
         run=run,
         reasons=(
-            Reason.TIMEOUT,
             Reason.DNS,
             Reason.CONNECT,
             Reason.TLS,
@@ -1214,7 +1213,6 @@ KIND = register(
             Reason.PROXY_CONNECT,
             Reason.PROXY_AUTH,
             Reason.PROXY_ERROR,
-            Reason.ERROR,
         ),
         phases=("dns", "connect", "connect_tunnel", "tls", "first_byte", "transfer"),
         describe=describe,

@@ -164,8 +164,8 @@ async def run(p: Icmp, ctx: ProbeContext) -> None:
         # Counted on every probe, so the series start at 0; also on the scheduler's timeout,
         # when the packets still unanswered are lost.
         sent, replies = (echo.sent, len(echo.rtts)) if echo is not None else (0, 0)
-        ctx.observations.append((metrics.ICMP_SENT.name, float(sent)))
-        ctx.observations.append((metrics.ICMP_LOST.name, float(sent - replies)))
+        ctx.count(metrics.ICMP_SENT.name, float(sent))
+        ctx.count(metrics.ICMP_LOST.name, float(sent - replies))
     if echo.skipped:
         ctx.log(f"{echo.skipped} packets not sent: count x packet_interval exceeds the timeout")
     if echo.error is not None:
@@ -426,7 +426,7 @@ KIND = register(
         settings=IcmpSettings,
         prepare=prepare,
         run=run,
-        reasons=(Reason.TIMEOUT, Reason.DNS, Reason.CONNECT, Reason.PERMISSION, Reason.ERROR),
+        reasons=(Reason.DNS, Reason.CONNECT, Reason.PERMISSION),
         phases=("dns", "rtt"),
         describe=describe,
     )

@@ -353,7 +353,6 @@ KIND = register(
         prepare=prepare,
         run=run,
         reasons=(
-            Reason.TIMEOUT,
             Reason.DNS,
             Reason.CONNECT,
             Reason.TLS,
@@ -362,7 +361,6 @@ KIND = register(
             Reason.QUERY,
             Reason.READ_ONLY,
             Reason.PERMISSION,
-            Reason.ERROR,
         ),
         phases=("connect", "read", "write"),
         describe=describe,

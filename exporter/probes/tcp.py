@@ -189,13 +189,11 @@ KIND = register(
         prepare=prepare,
         run=run,
         reasons=(
-            Reason.TIMEOUT,
             Reason.DNS,
             Reason.CONNECT,
             Reason.TLS,
             Reason.RESET,
             Reason.EXPECT,
-            Reason.ERROR,
         ),
         phases=("dns", "connect", "tls", "expect"),
         describe=describe,

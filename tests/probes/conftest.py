@@ -18,8 +18,8 @@ from aiohttp import web
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
-from exporter.config import Target
 from exporter.metrics import SelfMetrics
+from exporter.model import Target
 from exporter.probes import REGISTRY
 from exporter.resources import Resources
 from exporter.scheduler import Scheduler

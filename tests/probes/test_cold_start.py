@@ -12,12 +12,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter import metrics
-from exporter.config import ConfigError
 from exporter.docker_images import LABEL_INSTANCE, LABEL_MANAGED, LABEL_TARGET
 from exporter.metrics import SelfMetrics
 from exporter.probes import REGISTRY
 from exporter.resources import Resources
 from exporter.scheduler import Scheduler
+from exporter.source import ConfigError
 from exporter.state import Result
 from tests.conftest import MakeConfig
 from tests.docker import *  # noqa: F403

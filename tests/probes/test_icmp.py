@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from exporter import metrics
-from exporter.config import ConfigError
+from exporter.source import ConfigError
 from exporter.state import Result, TargetState
 from tests import netns
 from tests.conftest import MakeConfig, one_service
@@ -27,10 +27,8 @@ def icmp(host: str, **options: Any) -> dict[str, Any]:
 
 def counted(result: Result) -> tuple[float, float]:
     """(sent, lost) as the probe reported them."""
-    obs = result.observations
-    sent = sum(v for n, v in obs if n == metrics.ICMP_SENT.name)
-    lost = sum(v for n, v in obs if n == metrics.ICMP_LOST.name)
-    return sent, lost
+    counters = result.counters
+    return counters.get(metrics.ICMP_SENT.name, 0.0), counters.get(metrics.ICMP_LOST.name, 0.0)
 
 
 def rtts(result: Result) -> list[float]:
@@ -95,8 +93,8 @@ class TestLoopback:
         assert hist.sum == pytest.approx(2 * sum(rtts(result)))
         # The probe took > 100 ms of pacing; none of that is latency.
         assert hist.sum < 2 * result.duration - 0.1
-        assert state.gauges[metrics.ICMP_SENT.name] == 6
-        assert state.gauges[metrics.ICMP_LOST.name] == 0
+        assert state.counters[metrics.ICMP_SENT.name] == 6
+        assert state.counters[metrics.ICMP_LOST.name] == 0
 
 
 class TestPeerNamespace:

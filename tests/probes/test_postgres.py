@@ -17,10 +17,11 @@ import pytest
 import trustme
 
 from exporter import config
-from exporter.config import ConfigError, Target
 from exporter.engine import Engine
 from exporter.metrics import POSTGRES_IN_RECOVERY, POSTGRES_LAG, POSTGRES_REPLAY_LAG
+from exporter.model import Target
 from exporter.probes import REGISTRY
+from exporter.source import ConfigError
 from exporter.state import Result
 from exporter.web import ENGINE
 from tests.conftest import MakeClient, MakeConfig

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.config import Target
+from exporter.model import Target
 from exporter.state import Result
 
 

@@ -1,0 +1,86 @@
+"""Run one probe of a target under its timeout and turn what happened into a Result.
+
+Shared by the scheduler (every slot) and `/probe` (on request), so a probe run by hand is the
+same probe: the same timeout, failure reasons, scrubbing of target text and debug lines. It
+records nothing: metrics, state and history are the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+
+from exporter.metrics import Reason
+from exporter.model import Target
+from exporter.probes import REGISTRY, ProbeContext, ProbeFailure
+from exporter.resources import Resources
+from exporter.state import Result
+
+log = logging.getLogger("exporter.scheduler")
+
+
+class Runner:
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        # Probes running now, scheduled or from /probe; read at scrape time.
+        self.in_flight = 0
+
+    async def run(self, target: Target) -> Result:
+        """Run one probe of `target` under its timeout and return the result (no metrics)."""
+        kind = REGISTRY[target.kind]
+        ctx = ProbeContext(self.resources, target.vantage, target.timeout)
+        started = time.time()
+        reason: str | None = None
+        message = "ok"
+        self.in_flight += 1
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(target.timeout):
+                await kind.run(target.prepared, ctx)
+        except ProbeFailure as failure:
+            reason, message = failure.reason.value, failure.message
+        except TimeoutError:
+            reason = Reason.TIMEOUT.value
+            message = f"no result within the timeout ({target.timeout:g}s)"
+        except Exception as exc:  # noqa: BLE001 - a bug in a kind is a reason, logged
+            reason = Reason.ERROR.value
+            message = f"internal error: {type(exc).__name__}"
+            # The traceback quotes the exception, which may quote what the target sent.
+            log.error(
+                "probe raised",
+                extra={
+                    "target": target.name,
+                    "vantage": target.vantage,
+                    "exc": target.scrub(traceback.format_exc()),
+                },
+            )
+        finally:
+            duration = time.perf_counter() - t0
+            self.in_flight -= 1
+        if reason is None:
+            ctx.log(message)
+            if ctx.duration is not None:
+                duration = ctx.duration
+        else:
+            ctx.log(f"failed ({reason}): {message}")
+        scrub = target.scrub
+        if scrub:
+            # The one place probe text leaves the probe: a target may reflect what it was sent.
+            message = scrub(message)
+            ctx.debug[:] = [scrub(line) for line in ctx.debug]
+        return Result(
+            target=target,
+            started=started,
+            duration=duration,
+            success=reason is None,
+            reason=reason,
+            message=message,
+            status_code=ctx.status_code,
+            phases=ctx.phases,
+            debug=ctx.debug,
+            gauges=ctx.gauges,
+            observations=ctx.observations,
+            counters=ctx.counters,
+        )
