@@ -741,15 +741,15 @@ def images() -> dm.Dashboard:
     rs = sel(*RULE)
     raw_image = sel(JOB, F_SERVICE, F_REGION, F_VANTAGE, IMAGE_PROBES)
     cols = {
-        "A": ("Rank in region", f"service_target_region_image:failover_image_rank:p95_30m{rs}"),
+        "A": ("Rank in region", f"service_target_region_image:failover_image_rank:p50{rs}"),
         "B": (
             "Rank in service",
-            f"service_target_region_image:failover_image_rank:p95_30m{rs} * 0"
+            f"service_target_region_image:failover_image_rank:p50{rs} * 0"
             " + on (service, image) group_left ()"
-            f" service_image:failover_image_rank:slowdown30m{sel(F_SERVICE)}",
+            f" service_image:failover_image_rank:p50_slowdown{sel(F_SERVICE)}",
         ),
-        "C": ("p50", f"service_target_region_image:failover_probe_duration_seconds:p50_5m{rs}"),
-        "D": ("p95", f"service_target_region_image:failover_probe_duration_seconds:p95_5m{rs}"),
+        "C": ("p50", f"service_target_region_image:failover_probe_duration_p50_seconds:median{rs}"),
+        "D": ("p95", f"service_target_region_image:failover_probe_duration_p95_seconds:median{rs}"),
         "E": ("p99", f"service_target_region_image:failover_probe_duration_seconds:p99_5m{rs}"),
         "F": ("Success", f"service_target_region_image:failover_probe_success:ratio_rate5m{rs}"),
         "G": ("Size", f"failover_image_size_bytes{sel(JOB, *RULE)}"),
@@ -765,12 +765,12 @@ def images() -> dm.Dashboard:
     leaderboard = (
         instant_table(
             "Leaderboard: $service",
-            "One row per region and image. Rank in region: 1 = fastest p95 over 30m in that region "
-            "(1/16-octave tolerance, so images within noise tie; unranked below "
-            "global:failover_rank_min_samples:constant samples). Rank in service: the image's "
-            "place "
-            "by mean slowdown against each region's fastest. p50/p95/p99 and success over 5m, "
-            f"vantages aggregated. Red: p95 over the {SLO_THRESHOLD_S}s latency SLO threshold, "
+            "One row per region and image. Rank in region: 1 = fastest p50 in that region (the "
+            "exporter's exact p50 of the last 120 probes, median over vantages); images within "
+            "max(3 %, 0.05 ms) of a faster one tie; a vantage's gauge counts from "
+            "global:failover_rank_min_samples:constant samples. Rank in service: the image's "
+            "place by mean slowdown against each region's fastest p50. p50/p95: exact, median "
+            "over vantages; p99 (histogram) and success over 5m. Red: p95 over the {SLO_THRESHOLD_S}s latency SLO threshold, "
             f"success under {IMAGE_SUCCESS_MIN:.0%} (FailoverImageDown), cold start over the "
             f"{RTO_BUDGET_S:.0f}s RTO budget. Size, layers and cold start exist only where the "
             "exporter reads a Docker Engine or runs cold_start probes.",
@@ -804,20 +804,19 @@ def images() -> dm.Dashboard:
     overall = (
         instant_table(
             "Leaderboard across regions: $service",
-            "service_image:failover_image_rank:slowdown30m and the mean over regions of the "
-            "image's "
-            "p95 / the region's fastest p95 (1 = fastest everywhere).",
+            "service_image:failover_image_rank:p50_slowdown and the mean over regions of the "
+            "image's p50 / the region's fastest p50 (1 = fastest everywhere; tied within 3 %).",
             [
                 query(
                     "max by (service, image) "
-                    f"(service_image:failover_image_rank:slowdown30m{sel(F_SERVICE)})",
+                    f"(service_image:failover_image_rank:p50_slowdown{sel(F_SERVICE)})",
                     instant=True,
                     fmt="table",
                     ref="A",
                 ),
                 query(
                     "max by (service, image) "
-                    f"(service_image:failover_image_slowdown:avg30m{sel(F_SERVICE)})",
+                    f"(service_image:failover_image_slowdown:p50_ratio_avg{sel(F_SERVICE)})",
                     instant=True,
                     fmt="table",
                     ref="B",
@@ -923,10 +922,10 @@ def images() -> dm.Dashboard:
     )
     rank = ts(
         "Rank in region over time",
-        "service_target_region_image:failover_image_rank:p95_30m (1 = fastest).",
+        "service_target_region_image:failover_image_rank:p50 (1 = fastest; tied images share a rank).",
         [
             query(
-                f"service_target_region_image:failover_image_rank:p95_30m{rs}",
+                f"service_target_region_image:failover_image_rank:p50{rs}",
                 "{{target_region}} {{image}}",
             )
         ],

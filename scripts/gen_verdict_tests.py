@@ -209,6 +209,7 @@ def main() -> str:
             for g in (
                 "failover.vantage.quorum",
                 "failover.vantage.slo",
+                "failover.vantage.ranking",
                 "failover.exporter",
                 "failover.network",
                 "failover.vantage.fleet",

@@ -1,9 +1,9 @@
 """History for the test Prometheus, as OpenMetrics text for `promtool tsdb create-blocks-from`.
 
 Two kinds of series, both under the live exporter's own job and instance (an earlier run of it):
-- the demo's probe counters and latency histogram over the last 40 minutes, for the label sets
-  the live demo exporter exposes, with the demo's latency profile: ranks need 30 minutes of
-  samples, which a test cannot wait for;
+- the demo's probe counters, latency histogram and exact p50/p95 gauges over the last 40
+  minutes, for the label sets the live demo exporter exposes, with the demo's latency profile:
+  the 30m and 1h windows of the panels need history a test cannot wait for;
 - series the demo cannot produce (no TLS, PostgreSQL, Docker Engine, cold start or icmp in it):
   certificate expiry, replication lag, image size and layers, cold-start histogram, and each
   vantage's pings of each region (round-trip histogram, packets sent and lost). Their label
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from exporter import demo, metrics
+from exporter import demo, metrics, state
 
 STEP = 30.0
 SPAN = 40 * 60.0
@@ -84,12 +84,22 @@ def _demo_series(
         median += demo.distance(target["vantage"], target["target_region"])
     fails = [sum(rng.random() < loss for _ in range(PROBES_PER_STEP)) for _ in times]
 
-    def draw() -> Iterator[list[float]]:
-        for f in fails:
-            yield [max(0.0002, rng.gauss(median, jitter)) for _ in range(PROBES_PER_STEP - f)]
-
+    draws = [
+        [max(0.0002, rng.gauss(median, jitter)) for _ in range(PROBES_PER_STEP - f)] for f in fails
+    ]
     name = metrics.PROBE_DURATION.name
-    yield from _histogram(name, labels, metrics.LATENCY_BUCKETS, times, draw())
+    yield from _histogram(name, labels, metrics.LATENCY_BUCKETS, times, iter(draws))
+    # The exact order statistics the exporter keeps (its last 120 successful latencies), which
+    # the ranking reads, computed by the exporter's own function.
+    recent: list[float] = []
+    for t, values in zip(times, draws, strict=True):
+        recent = (recent + values)[-120:]
+        data = sorted(recent)
+        for spec, q in ((metrics.PROBE_P50, 0.50), (metrics.PROBE_P95, 0.95)):
+            value = state._nearest_rank(data, q)
+            yield f"{spec.name}{_fmt(labels)} {value:.9f} {t:.3f}"
+        yield f"{metrics.PROBE_RECENT_SAMPLES.name}{_fmt(labels)} {len(data)} {t:.3f}"
+        yield f"{metrics.PROBE_CONSECUTIVE_FAILURES.name}{_fmt(labels)} 0 {t:.3f}"
     probes = failures = 0
     for t, f in zip(times, fails, strict=True):
         probes += PROBES_PER_STEP
