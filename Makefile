@@ -28,13 +28,14 @@ system-deps:
 	@scripts/system-deps
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter tests
-	$(VENV)/bin/ruff format --check exporter tests
+	$(VENV)/bin/ruff check exporter tests grafana
+	$(VENV)/bin/ruff format --check exporter tests grafana
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict grafana/generate.py grafana/failover_dashboards
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix exporter tests
-	$(VENV)/bin/ruff format exporter tests
+	$(VENV)/bin/ruff check --fix exporter tests grafana
+	$(VENV)/bin/ruff format exporter tests grafana
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)

@@ -107,7 +107,7 @@ def test_no_hard_coded_datasource_outside_the_variable(docs: dict[str, dict[str,
         for where, ref in _datasources(doc):
             assert ref == DS_REF, (name, where, ref)
         text = json.dumps({k: v for k, v in doc.items() if k != "templating"})
-        provisioned = d.generator().PROVISIONED_DS_UID
+        provisioned = d.constants().PROVISIONED_DS_UID
         assert provisioned not in text, f"{name}: datasource uid outside the variable"
 
 
@@ -141,7 +141,7 @@ def test_thresholds_match_the_alerts_and_budgets(docs: dict[str, dict[str, Any]]
     """The numbers the dashboards colour on are the ones the rule files decide on."""
     constants = {r["record"]: r["expr"] for r in bundle.recording_rules()}
     alerts = "\n".join(r["expr"] for r in bundle.alert_rules())
-    gen = d.generator()
+    gen = d.constants()
     assert (
         constants["global:failover_rpo_budget_seconds:constant"] == f"vector({gen.RPO_BUDGET_S:g})"
     )
@@ -244,7 +244,7 @@ def test_every_query_is_valid_promql(docs: dict[str, dict[str, Any]], tmp_path: 
 
 
 def test_provisioning_files() -> None:
-    gen = d.generator()
+    gen = d.constants()
     (ds_file,) = sorted((d.PROVISIONING / "datasources").glob("*.yaml"))
     ds_doc = yaml.safe_load(ds_file.read_text())
     assert ds_doc["apiVersion"] == 1
