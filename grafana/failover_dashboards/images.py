@@ -161,6 +161,28 @@ def images() -> dm.Dashboard:
             show_thresholds=True,
         )
 
+    exact = ts(
+        "Exact p50 / p95 per image (what ranks)",
+        "service_target_region_image:failover_probe_duration_p50_seconds:median and _p95_: the "
+        "exporter's order statistics of each target's last 120 successful latencies, median over "
+        "the vantages that count (not isolated, not overloaded, target not failing, at least "
+        "global:failover_rank_min_samples:constant samples). No bucket interpolation.",
+        [
+            query(
+                f"service_target_region_image:failover_probe_duration_p50_seconds:median{rs}",
+                "p50 {{target_region}} {{image}}",
+                ref="A",
+            ),
+            query(
+                f"service_target_region_image:failover_probe_duration_p95_seconds:median{rs}",
+                "p95 {{target_region}} {{image}}",
+                ref="B",
+            ),
+        ],
+        "s",
+        latency,
+        show_thresholds=True,
+    )
     per_vantage = ts(
         "p95 latency per image and vantage",
         "From the raw histogram, so the vantage filter applies: how each vantage sees each image.",
@@ -277,6 +299,7 @@ def images() -> dm.Dashboard:
             leaderboard,
             overall,
             row("Latency over time"),
+            exact,
             quantile_panel("p95"),
             quantile_panel("p99"),
             quantile_panel("p50"),

@@ -13,6 +13,7 @@ from failover_dashboards.panels import (
     F_VANTAGE,
     ICMP_LOSS_CRIT,
     ICMP_LOSS_WARN,
+    RAW,
     RPO_BUDGET_S,
     RTO_BUDGET_S,
     RTT_CRIT_S,
@@ -20,6 +21,7 @@ from failover_dashboards.panels import (
     RULE,
     UIDS,
     UP_DOWN,
+    VOTE_FAILS_IN_A_ROW,
     VOTE_HEALTHY,
     dashboard,
     data_link,
@@ -32,6 +34,7 @@ from failover_dashboards.panels import (
     single,
     steps,
     timeline,
+    ts,
 )
 
 
@@ -66,6 +69,9 @@ def network_matrix(
         ],
     ).cell_options(common.TableColoredBackgroundCellOptions())
     return p.decimals(decimals) if decimals is not None else p
+
+
+NOT_CONTROL = 'role!="control"'
 
 
 def overview() -> dm.Dashboard:
@@ -107,6 +113,27 @@ def overview() -> dm.Dashboard:
         steps((None, "red"), (1, "green")),
         mapping(v0=("NOT READY", "red"), v1=("READY", "green")),
         no_value="no quorum",
+    )
+    priority = single(
+        "Failover order",
+        "service_target_region:failover_region_priority:min: each region's priority as a number "
+        "(1 = first; compared as numbers, not as the text of the `priority` label), and "
+        '"fail over to": the standby FailoverPrimaryRegionDown names now, the ready standby '
+        "with the smallest number (service_target_region:failover_standby_first_ready:priority).",
+        [
+            query(
+                f"service_target_region:failover_region_priority:min{sel(*RULE)}",
+                "{{target_region}} ({{role}})",
+                ref="A",
+            ),
+            query(
+                f"service_target_region:failover_standby_first_ready:priority{sel(*RULE)}",
+                "fail over to {{target_region}}",
+                ref="B",
+            ),
+        ],
+        "none",
+        steps((None, "blue")),
     )
     healthy = single(
         "Vantages seeing the region healthy",
@@ -188,6 +215,23 @@ def overview() -> dm.Dashboard:
         .repeat("service")
         .repeat_direction("h")
         .max_per_row(2)
+    )
+    streaks = ts(
+        "Consecutive failures, region × vantage",
+        "The longest run of failed probes among each vantage's targets in a region "
+        "(failover_probe_consecutive_failures). A vantage votes a region failing when half or "
+        f"more of its targets there are at {VOTE_FAILS_IN_A_ROW} or more; a single lost probe "
+        "never counts.",
+        [
+            query(
+                "max by (target_region, vantage) (failover_probe_consecutive_failures"
+                f"{sel(*RAW, NOT_CONTROL)})",
+                "{{target_region}} from {{vantage}}",
+            )
+        ],
+        "short",
+        steps((None, "green"), (VOTE_FAILS_IN_A_ROW, "red")),
+        show_thresholds=True,
     )
     isolated = single(
         "Vantage isolation",
@@ -306,11 +350,13 @@ def overview() -> dm.Dashboard:
             row("Failover readiness"),
             verdict,
             ready,
+            priority.span(24).height(4),
             healthy,
             voting.span(24).height(4),
             maintenance.span(24).height(4),
             row("Region × vantage"),
             matrix,
+            streaks,
             isolated.height(8),
             history,
             dns_region,

@@ -36,6 +36,7 @@ UIDS = {
 
 # Thresholds, as in prometheus/rules (budgets) and prometheus/alerts.
 VOTE_HEALTHY = 0.5  # a vantage votes failing when >= 50 % of its targets failed twice in a row
+VOTE_FAILS_IN_A_ROW = 2  # ... failover_probe_consecutive_failures >= 2 (regional.rules.yml)
 IMAGE_SUCCESS_MIN = 0.8  # FailoverImageDown
 SLO_THRESHOLD_S = 0.5  # global:failover_latency_slo_threshold_seconds:constant (le="0.5")
 RPO_BUDGET_S = 30.0  # global:failover_rpo_budget_seconds:constant

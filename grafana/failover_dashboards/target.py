@@ -12,6 +12,7 @@ from failover_dashboards.panels import (
     RTO_BUDGET_S,
     SLO_THRESHOLD_S,
     TARGET_SEL,
+    VOTE_FAILS_IN_A_ROW,
     VOTE_HEALTHY,
     dashboard,
     mapping,
@@ -65,6 +66,27 @@ def target() -> dm.Dashboard:
         ],
         "s",
         steps((None, "green"), (SLO_THRESHOLD_S, "red")),
+        show_thresholds=True,
+    )
+    exact = ts(
+        "Exact p50 / p95 (last 120 probes)",
+        "failover_probe_duration_p50_seconds / _p95_seconds: order statistics of the target's "
+        "last 120 successful latencies, no bucket interpolation: what the ranking reads.",
+        [
+            query(f"failover_probe_duration_p50_seconds{s}", "p50 " + who, ref="A"),
+            query(f"failover_probe_duration_p95_seconds{s}", "p95 " + who, ref="B"),
+        ],
+        "s",
+        steps((None, "green"), (SLO_THRESHOLD_S, "red")),
+        show_thresholds=True,
+    )
+    streak = ts(
+        "Consecutive failures",
+        "failover_probe_consecutive_failures: probes failed in a row (0 after a success). A "
+        f"vantage votes from it: {VOTE_FAILS_IN_A_ROW} in a row count as failing.",
+        [query(f"failover_probe_consecutive_failures{s}", who)],
+        "short",
+        steps((None, "green"), (VOTE_FAILS_IN_A_ROW, "red")),
         show_thresholds=True,
     )
     phases = ts(
@@ -151,6 +173,8 @@ def target() -> dm.Dashboard:
             last,
             ratio,
             latency,
+            exact,
+            streak,
             phases,
             row("Why it fails"),
             status,
