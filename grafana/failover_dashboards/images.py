@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import heatmap, prometheus, timeseries
+from grafana_foundation_sdk.builders import heatmap, prometheus, table, timeseries
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import heatmap as hm_models
 
+from exporter import metrics
 from failover_dashboards.panels import (
     BURN_PAGE_FAST,
     BURN_PAGE_SLOW,
@@ -37,6 +38,68 @@ def _per_image(expr: str, ref: str) -> prometheus.Dataquery:
     # One label set (service, target_region, image) for every column so `merge` joins the rows.
     return query(
         f"max by (service, target_region, image) ({expr})", instant=True, fmt="table", ref=ref
+    )
+
+
+# `failover-exporter bench` results (Pushgateway job="failover_bench", or node_exporter's
+# textfile collector): one series per service, image and bench `region`. Selected by name only,
+# so either way of shipping them works. Present only once the catalogue has the bench families.
+BENCH_COLUMNS = {
+    "A": ("Bench rank", "failover_bench_rank"),
+    "C": ("Bench p50", "failover_bench_latency_p50_seconds"),
+    "D": ("Bench p95", "failover_bench_latency_p95_seconds"),
+    "E": ("Bench cold start", "failover_bench_cold_start_seconds"),
+    "F": ("Bench size", "failover_bench_image_size_bytes"),
+}
+
+
+def last_bench() -> table.Panel | None:
+    """The last bench of each variant next to its live leaderboard rank, or None when the
+    metric catalogue has no bench families."""
+    names = [m for _, m in BENCH_COLUMNS.values()] + ["failover_bench_timestamp_seconds"]
+    if not all(n in metrics.BY_NAME for n in names):
+        return None
+    bs = sel(F_SERVICE)
+
+    def col(expr: str, ref: str) -> prometheus.Dataquery:
+        by = f"max by (service, image, region) ({expr})"
+        return query(by, instant=True, fmt="table", ref=ref)
+
+    targets = [col(f"{m}{bs}", ref) for ref, (_, m) in BENCH_COLUMNS.items()]
+    targets.append(
+        col(
+            f"failover_bench_rank{bs} * 0 + on (service, image) group_left () "
+            f"service_image:failover_image_rank:p50_slowdown{bs}",
+            "B",
+        )
+    )
+    targets.append(col(f"time() - failover_bench_timestamp_seconds{bs}", "G"))
+    rename = {"service": "Service", "image": "Image", "region": "Bench region"}
+    rename.update({f"Value #{ref}": name for ref, (name, _) in BENCH_COLUMNS.items()})
+    rename.update({"Value #B": "Live rank (service)", "Value #G": "Bench age"})
+    return (
+        instant_table(
+            "Last bench per variant: $service",
+            "The last `failover-exporter bench` of each variant (failover_bench_*: rank by p95 "
+            "under load, ties share a rank; p50/p95, cold start, size), next to the live rank "
+            "of the leaderboard across regions (service_image:failover_image_rank:p50_slowdown). "
+            "A variant that benches fast but ranks slow live (or the reverse) is worth a look; "
+            "Bench age says how old the comparison is.",
+            targets,
+            "s",
+            rename=rename,
+            hide=("Time",),
+            sort_by="Bench rank",
+            overrides=[
+                override("Bench rank", unit="none", decimals=0),
+                override("Live rank (service)", unit="none", decimals=0),
+                override("Bench size", unit="bytes"),
+                override("Bench age", unit="dtdurations"),
+            ],
+            height=8,
+        )
+        .repeat("service")
+        .repeat_direction("v")
     )
 
 
@@ -298,6 +361,7 @@ def images() -> dm.Dashboard:
             row("Leaderboard"),
             leaderboard,
             overall,
+            *([bench] if (bench := last_bench()) is not None else []),
             row("Latency over time"),
             exact,
             quantile_panel("p95"),

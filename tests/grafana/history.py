@@ -223,6 +223,31 @@ def _dns(base: Labels, times: list[float]) -> Iterator[str]:
                 yield f"{metrics.DNS_POINTS_TO.name}{_fmt(labels)} {value} {t:.3f}"
 
 
+def _bench(times: list[float]) -> Iterator[str]:
+    """The last `failover-exporter bench` of each demo image, as the Pushgateway exposes it
+    (job="failover_bench"), when the catalogue has the bench families."""
+    specs = [m for m in metrics.CATALOGUE if m.name.startswith("failover_bench_")]
+    region = demo.REGIONS[0][0]
+    for n, image in enumerate(sorted(demo.IMAGES)):
+        median = demo.IMAGES[image][0]
+        values = {
+            "failover_bench_latency_p50_seconds": median,
+            "failover_bench_latency_p95_seconds": median * 1.3,
+            "failover_bench_cold_start_seconds": 0.4 + n,
+            "failover_bench_pull_seconds": 2.0 + n,
+            "failover_bench_image_size_bytes": 40e6 * (n + 1),
+            "failover_bench_image_layers": 3.0 + n,
+            "failover_bench_rank": 1.0 + n,
+            "failover_bench_timestamp_seconds": times[0],
+        }
+        own = {metrics.SERVICE: demo.SERVICE, metrics.IMAGE: image, "region": region}
+        pushed = {"job": "failover_bench", "instance": "pushgateway:9091"}
+        for spec in specs:
+            full = {**pushed, **_checked(spec, own)}
+            for t in times:
+                yield f"{spec.name}{_fmt(full)} {values[spec.name]} {t:.3f}"
+
+
 def openmetrics(exposition: str, instance: str, end: float, seed: int = 1) -> str:
     """History ending at `end` (Unix time) for the exporter scraped as `instance`."""
     rng = random.Random(seed)
@@ -236,4 +261,5 @@ def openmetrics(exposition: str, instance: str, end: float, seed: int = 1) -> st
     lines += _synthetic(base, times, end, rng)
     lines += _icmp(base, times, rng)
     lines += _dns(base, times)
+    lines += _bench(times)
     return "\n".join(lines) + "\n# EOF\n"
