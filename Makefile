@@ -28,13 +28,14 @@ system-deps:
 	@scripts/system-deps
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter tests deploy/kubernetes/generate.py
-	$(VENV)/bin/ruff format --check exporter tests deploy/kubernetes/generate.py
+	$(VENV)/bin/ruff check exporter tests deploy/kubernetes/generate.py grafana
+	$(VENV)/bin/ruff format --check exporter tests deploy/kubernetes/generate.py grafana
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict grafana/generate.py grafana/failover_dashboards
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix exporter tests deploy/kubernetes/generate.py
-	$(VENV)/bin/ruff format exporter tests deploy/kubernetes/generate.py
+	$(VENV)/bin/ruff check --fix exporter tests deploy/kubernetes/generate.py grafana
+	$(VENV)/bin/ruff format exporter tests deploy/kubernetes/generate.py grafana
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)

@@ -37,13 +37,13 @@ def streaks(failing: list[bool]) -> list[int]:
     return out
 
 
-def scraped(vantage: str, fails: object) -> list[int]:
+def scraped(vantage: str, fails: object, samples: int = SAMPLES) -> list[int]:
     """The consecutive-failure count each scrape reads; `fails(v, t)` says if the probe at t fails."""
     off = PROBE_OFFSETS[vantage]
-    times = [off + PROBE * j for j in range(int(SAMPLES * SCRAPE / PROBE) + 3)]
+    times = [off + PROBE * j for j in range(int(samples * SCRAPE / PROBE) + 3)]
     counts = streaks([fails(vantage, t) for t in times])  # type: ignore[operator]
     out = []
-    for k in range(SAMPLES):
+    for k in range(samples):
         t = k * SCRAPE
         done = [j for j, pt in enumerate(times) if pt <= t]
         out.append(counts[done[-1]] if done else 0)
@@ -69,26 +69,28 @@ def control(vantage: str) -> str:
     )
 
 
-def config_series() -> list[str]:
+def config_series(samples: int = SAMPLES) -> list[str]:
     out = []
     for v in VANTAGES:
         for region, role, prio in REGIONS:
             labels = f'{JOB},instance="{v}:10077",vantage="{v}",service="shop",target_region="{region}",role="{role}"'
-            out.append(f'failover_region_info{{{labels},priority="{prio}"}}|1x{SAMPLES - 1}')
-            out.append(f"failover_region_priority{{{labels}}}|{prio}x{SAMPLES - 1}")
+            out.append(f'failover_region_info{{{labels},priority="{prio}"}}|1x{samples - 1}')
+            out.append(f"failover_region_priority{{{labels}}}|{prio}x{samples - 1}")
     return out
 
 
-def scenario_inputs(fails: object, control_fails: object = None) -> list[tuple[str, str]]:
+def scenario_inputs(
+    fails: object, control_fails: object = None, samples: int = SAMPLES
+) -> list[tuple[str, str]]:
     rows = []
     for v in VANTAGES:
         cf = control_fails or (lambda _v, _t: False)
-        rows.append((control(v), values(scraped(v, cf))))
+        rows.append((control(v), values(scraped(v, cf, samples))))
         for region, role, _ in REGIONS:
             rows.append(
                 (
                     target(v, region, role),
-                    values(scraped(v, lambda vv, t, r=region: fails(vv, r, t))),
+                    values(scraped(v, lambda vv, t, r=region: fails(vv, r, t), samples)),
                 )
             )  # type: ignore[operator]
     return rows
@@ -102,7 +104,7 @@ def down_times(rows: list[tuple[str, str]], isolated: set[str] = frozenset()) ->
         if 'target_region="eu"' in r[0]
     }
     out = []
-    for k in range(SAMPLES):
+    for k in range(len(next(iter(eu.values())))):
         voters = [v for v in VANTAGES if v not in isolated]
         failing = sum(1 for v in voters if eu[v][k] >= 2)
         if len(voters) >= 2 and failing / len(voters) >= 0.5:
@@ -169,11 +171,11 @@ def page(failover_to: str, prio: int, ratio: str = "100%") -> str:
 """
 
 
-def inputs_yaml(rows: list[tuple[str, str]]) -> str:
+def inputs_yaml(rows: list[tuple[str, str]], samples: int = SAMPLES) -> str:
     out = "    input_series:\n"
     for series, vals in rows:
         out += f"      - {{series: '{series}', values: '{vals}'}}\n"
-    for line in config_series():
+    for line in config_series(samples):
         series, vals = line.split("|")
         out += f"      - {{series: '{series}', values: '{vals}'}}\n"
     return out
@@ -194,11 +196,133 @@ def quiet(name: str, rows: list[tuple[str, str]], extra: str = "") -> str:
     )
 
 
+# Critical (page-route) alerts of the bundle that probe results can raise.
+PAGES = (
+    "FailoverPrimaryRegionDown",
+    "FailoverAllRegionsDown",
+    "FailoverLatencySLOBurn",
+    "FailoverExporterAbsent",
+    "FailoverDNSStillPointsAtDownPrimary",
+)
+# Alertmanager's group_interval on the page route: the resolved notification waits for it.
+PAGE_GROUP_INTERVAL = 60.0
+SLOW_SAMPLES = 361  # 90 min: long enough for the 1h burn window and its short-history guard
+SLOW_FROM = 120  # scrape index (30 min)
+FLAP_SAMPLES = 100  # 25 min
+# (start, end) of each outage of the flapping primary: down 3 min, up 2 min, down 3 min, up
+# 2 min, down 1 min, then recovered for good.
+FLAPS = ((120.0, 300.0), (420.0, 600.0), (720.0, 780.0))
+
+
+def slow_primary() -> str:
+    """The primary answers every probe, 5 times slower from 30 min on (p50 60 -> 300 ms, every
+    probe still within the 0.5 s latency SLO): no page, for 90 minutes of history."""
+    n = SLOW_SAMPLES
+    rows = [(series, vals) for series, vals in scenario_inputs(lambda v, r, t: False, None, n)]
+    for v in VANTAGES:
+        rows.append((f'up{{{JOB},instance="{v}:10077",vantage="{v}"}}', f"1x{n - 1}"))
+        for region, role, _ in REGIONS:
+            lab = (
+                f'{JOB},instance="{v}:10077",vantage="{v}",service="shop",target_region="{region}",'
+                f'role="{role}",image="slim",target="shop-{region}-slim",probe="http"'
+            )
+            every = f"0+3x{n - 1}"
+            fast = f"0+3x{SLOW_FROM} {3 * SLOW_FROM}x{n - SLOW_FROM - 2}" if region == "eu" else every
+            rows.append((f"failover_probes_total{{{lab}}}", every))
+            rows.append((f'failover_probe_duration_seconds_bucket{{{lab},le="0.1"}}', fast))
+            for le in ("0.5", "+Inf"):
+                rows.append((f'failover_probe_duration_seconds_bucket{{{lab},le="{le}"}}', every))
+            rows.append((f"failover_probe_duration_seconds_count{{{lab}}}", every))
+            slow = region == "eu"
+            for metric, before, after in (
+                ("failover_probe_duration_p50_seconds", 0.06, 0.3),
+                ("failover_probe_duration_p95_seconds", 0.07, 0.35),
+            ):
+                tail = after if slow else before
+                rows.append((f"{metric}{{{lab}}}", f"{before}x{SLOW_FROM - 1} {tail}x{n - SLOW_FROM - 1}"))
+            rows.append((f"failover_probe_duration_recent_samples{{{lab}}}", f"120x{n - 1}"))
+    checks = "".join(
+        alert(t, a, []) for t in (600.0, 1860.0, 2700.0, 3660.0, 4500.0, 5385.0) for a in PAGES
+    )
+    exprs = f"""    promql_expr_test:
+      # The rules do see the primary slow, and within the SLO.
+      - expr: service_target_region_image:failover_probe_duration_p50_seconds:median{{target_region="eu"}}
+        eval_time: 45m
+        exp_samples:
+          - labels: 'service_target_region_image:failover_probe_duration_p50_seconds:median{{{JOB},service="shop",target_region="eu",image="slim"}}'
+            value: 0.3
+      - expr: service_target_region_image:failover_latency_slo_errors:ratio_rate1h{{target_region="eu"}}
+        eval_time: 89m45s
+        exp_samples:
+          - labels: 'service_target_region_image:failover_latency_slo_errors:ratio_rate1h{{{JOB},service="shop",target_region="eu",image="slim"}}'
+            value: 0
+"""
+    return (
+        "  - name: a slow but healthy primary never pages\n    interval: 15s\n"
+        + inputs_yaml(rows, n)
+        + exprs
+        + "    alert_rule_test:\n"
+        + checks
+    )
+
+
+def flapping_primary() -> str:
+    """Down / up / down / up / down within minutes: one incident (the page fires once and stays
+    firing through the gaps, keep_firing_for), resolved within 6 min of the final recovery."""
+    n = FLAP_SAMPLES
+    rows = scenario_inputs(
+        lambda v, r, t: r == "eu" and any(a <= t < b for a, b in FLAPS), None, n
+    )
+    downs = down_times(rows)
+    first, last = downs[0], downs[-1]
+    recovered = FLAPS[-1][1]
+    resolved = last + KEEP_FIRING + SCRAPE
+    # The resolved notification: the alert's end, the next evaluation that sends it (<= 15 s),
+    # Alertmanager's group_interval.
+    assert resolved + SCRAPE + PAGE_GROUP_INTERVAL - recovered <= 360.0, (resolved, recovered)
+    firing = int((resolved - SCRAPE - first) // SCRAPE) + 1
+    window = f"{int(resolved - SCRAPE - first) + 10}s"
+    sel = 'ALERTS{alertname="FailoverPrimaryRegionDown",alertstate="firing"}'
+    exprs = f"""    promql_expr_test:
+      # Firing at every evaluation from {fmt(first)} to {fmt(resolved - SCRAPE)}: {firing} samples, no gap.
+      - expr: count_over_time({sel}[{window}])
+        eval_time: {fmt(resolved - SCRAPE)}
+        exp_samples:
+          - labels: '{{alertname="FailoverPrimaryRegionDown",alertstate="firing",{JOB},service="shop",severity="critical",target_region="eu"}}'
+            value: {firing}
+      # ... and never before or after: the whole run holds the same {firing} samples.
+      - expr: count_over_time({sel}[{n * int(SCRAPE)}s])
+        eval_time: {fmt((n - 1) * SCRAPE)}
+        exp_samples:
+          - labels: '{{alertname="FailoverPrimaryRegionDown",alertstate="firing",{JOB},service="shop",severity="critical",target_region="eu"}}'
+            value: {firing}
+"""
+    checks = alert(first - SCRAPE, "FailoverPrimaryRegionDown", [])
+    for gap_start, gap_end in zip([b for _, b in FLAPS[:-1]], [a for a, _ in FLAPS[1:]], strict=True):
+        # In each up phase between outages: still the same firing page.
+        checks += alert(
+            gap_end - SCRAPE, "FailoverPrimaryRegionDown", [page("ap", 2, ratio_at(rows, last))]
+        )
+    checks += alert(resolved, "FailoverPrimaryRegionDown", [])
+    checks += "".join(alert(t, "FailoverAllRegionsDown", []) for t in (first, last, resolved))
+    return (
+        f"  # Outages {', '.join(f'{a:g}-{b:g}s' for a, b in FLAPS)}; down by quorum first at {first:g}s, last at\n"
+        f"  # {last:g}s; resolved at {resolved:g}s, {resolved - recovered:g}s after the final recovery.\n"
+        "  - name: a flapping primary pages once and resolves within 6 min of the final recovery\n"
+        "    interval: 15s\n"
+        + inputs_yaml(rows, n)
+        + exprs
+        + "    alert_rule_test:\n"
+        + checks
+    )
+
+
 def main() -> str:
     doc = [
         "# GENERATED by scripts/gen_verdict_tests.py; edit that, then run it.\n",
         "# Region verdicts from failover_probe_consecutive_failures: outage phases against the 5 s probe\n",
-        "# and 15 s scrape cycles, partition, isolation, lost probes, 2 % loss, short history, and the\n",
+        "# and 15 s scrape cycles, partition, isolation, lost probes, 2 % loss, short history, a slow\n",
+        "# but healthy primary (no page), a flapping primary (one incident), and the\n",
         "# standby choice (numeric priority, not-ready standbys skipped). Regions: eu primary (1),\n",
         '# us standby (priority 10), ap standby (priority 2): ap is first although "10" < "2" as text.\n',
         "rule_files:\n  - ../rules/regional.rules.yml\n  - ../rules/global.rules.yml\n  - ../alerts/failover.alerts.yml\n",
@@ -209,6 +333,7 @@ def main() -> str:
             for g in (
                 "failover.vantage.quorum",
                 "failover.vantage.slo",
+                "failover.vantage.ranking",
                 "failover.exporter",
                 "failover.network",
                 "failover.vantage.fleet",
@@ -373,6 +498,8 @@ def main() -> str:
         for s, vals in scenario_inputs(lambda v, r, t: False)
     ]
     doc.append(quiet("a Prometheus that has just started does not page on its first samples", rows))
+    doc.append(slow_primary())
+    doc.append(flapping_primary())
     return "".join(doc)
 
 

@@ -122,23 +122,26 @@ def test_equal_images_are_tied_and_2x_apart_are_not(make_config: MakeConfig) -> 
 
 
 def test_tie_rule_bounds() -> None:
-    # 3 % of the faster p50, or 0.3 ms for fast images, whichever is larger.
+    # 3 % of the faster p50, or 0.05 ms for fast images, whichever is larger.
     assert status_view.tied(0.100, 0.103)
     assert not status_view.tied(0.100, 0.1035)
-    assert status_view.tied(0.001, 0.0013)
-    assert not status_view.tied(0.001, 0.00135)
+    assert status_view.tied(0.001, 0.00105)
+    assert not status_view.tied(0.001, 0.0011)
+    assert status_view.tied(0.0005, 0.000549)
 
 
 async def test_page_refreshes_and_times_carry_the_zone() -> None:
     from exporter import web
 
     class _Sched:
-        recent: tuple[Result, ...] = ()
-        recent_failures: tuple[Result, ...] = ()
-
         def snapshot(self) -> list[TargetState]:
             return []
 
+    class _History:
+        recent: tuple[Result, ...] = ()
+        failures: tuple[Result, ...] = ()
+
+    class _SelfWatch:
         def overloaded(self) -> bool:
             return False
 
@@ -146,6 +149,8 @@ async def test_page_refreshes_and_times_carry_the_zone() -> None:
         config = None
         last_reload_errors: tuple[str, ...] = ()
         scheduler = _Sched()
+        history = _History()
+        selfwatch = _SelfWatch()
 
     req = make_mocked_request("GET", "/")
     req.app[web.ENGINE] = _Engine()  # type: ignore[index]

@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import json
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +37,12 @@ def generator() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def constants() -> ModuleType:
+    """The generator's shared module (thresholds, budgets, datasource uid), which it imports."""
+    generator()
+    return sys.modules["failover_dashboards.panels"]
 
 
 def committed() -> dict[str, dict[str, Any]]:

@@ -1,9 +1,9 @@
 """History for the test Prometheus, as OpenMetrics text for `promtool tsdb create-blocks-from`.
 
 Two kinds of series, both under the live exporter's own job and instance (an earlier run of it):
-- the demo's probe counters and latency histogram over the last 40 minutes, for the label sets
-  the live demo exporter exposes, with the demo's latency profile: ranks need 30 minutes of
-  samples, which a test cannot wait for;
+- the demo's probe counters, latency histogram and exact p50/p95 gauges over the last 40
+  minutes, for the label sets the live demo exporter exposes, with the demo's latency profile:
+  the 30m and 1h windows of the panels need history a test cannot wait for;
 - series the demo cannot produce (no TLS, PostgreSQL, Docker Engine, cold start or icmp in it):
   certificate expiry, replication lag, image size and layers, cold-start histogram, and each
   vantage's pings of each region (round-trip histogram, packets sent and lost). Their label
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from exporter import metrics
+from exporter import metrics, state
 from exporter.commands import demo
 
 STEP = 30.0
@@ -85,12 +85,22 @@ def _demo_series(
         median += demo.distance(target["vantage"], target["target_region"])
     fails = [sum(rng.random() < loss for _ in range(PROBES_PER_STEP)) for _ in times]
 
-    def draw() -> Iterator[list[float]]:
-        for f in fails:
-            yield [max(0.0002, rng.gauss(median, jitter)) for _ in range(PROBES_PER_STEP - f)]
-
+    draws = [
+        [max(0.0002, rng.gauss(median, jitter)) for _ in range(PROBES_PER_STEP - f)] for f in fails
+    ]
     name = metrics.PROBE_DURATION.name
-    yield from _histogram(name, labels, metrics.LATENCY_BUCKETS, times, draw())
+    yield from _histogram(name, labels, metrics.LATENCY_BUCKETS, times, iter(draws))
+    # The exact order statistics the exporter keeps (its last 120 successful latencies), which
+    # the ranking reads, computed by the exporter's own function.
+    recent: list[float] = []
+    for t, values in zip(times, draws, strict=True):
+        recent = (recent + values)[-120:]
+        data = sorted(recent)
+        for spec, q in ((metrics.PROBE_P50, 0.50), (metrics.PROBE_P95, 0.95)):
+            value = state._nearest_rank(data, q)
+            yield f"{spec.name}{_fmt(labels)} {value:.9f} {t:.3f}"
+        yield f"{metrics.PROBE_RECENT_SAMPLES.name}{_fmt(labels)} {len(data)} {t:.3f}"
+        yield f"{metrics.PROBE_CONSECUTIVE_FAILURES.name}{_fmt(labels)} 0 {t:.3f}"
     probes = failures = 0
     for t, f in zip(times, fails, strict=True):
         probes += PROBES_PER_STEP
@@ -214,6 +224,31 @@ def _dns(base: Labels, times: list[float]) -> Iterator[str]:
                 yield f"{metrics.DNS_POINTS_TO.name}{_fmt(labels)} {value} {t:.3f}"
 
 
+def _bench(times: list[float]) -> Iterator[str]:
+    """The last `failover-exporter bench` of each demo image, as the Pushgateway exposes it
+    (job="failover_bench"), when the catalogue has the bench families."""
+    specs = [m for m in metrics.CATALOGUE if m.name.startswith("failover_bench_")]
+    region = demo.REGIONS[0][0]
+    for n, image in enumerate(sorted(demo.IMAGES)):
+        median = demo.IMAGES[image][0]
+        values = {
+            "failover_bench_latency_p50_seconds": median,
+            "failover_bench_latency_p95_seconds": median * 1.3,
+            "failover_bench_cold_start_seconds": 0.4 + n,
+            "failover_bench_pull_seconds": 2.0 + n,
+            "failover_bench_image_size_bytes": 40e6 * (n + 1),
+            "failover_bench_image_layers": 3.0 + n,
+            "failover_bench_rank": 1.0 + n,
+            "failover_bench_timestamp_seconds": times[0],
+        }
+        own = {metrics.SERVICE: demo.SERVICE, metrics.IMAGE: image, "region": region}
+        pushed = {"job": "failover_bench", "instance": "pushgateway:9091"}
+        for spec in specs:
+            full = {**pushed, **_checked(spec, own)}
+            for t in times:
+                yield f"{spec.name}{_fmt(full)} {values[spec.name]} {t:.3f}"
+
+
 def openmetrics(exposition: str, instance: str, end: float, seed: int = 1) -> str:
     """History ending at `end` (Unix time) for the exporter scraped as `instance`."""
     rng = random.Random(seed)
@@ -227,4 +262,5 @@ def openmetrics(exposition: str, instance: str, end: float, seed: int = 1) -> st
     lines += _synthetic(base, times, end, rng)
     lines += _icmp(base, times, rng)
     lines += _dns(base, times)
+    lines += _bench(times)
     return "\n".join(lines) + "\n# EOF\n"

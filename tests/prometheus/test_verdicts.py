@@ -24,9 +24,9 @@ DASHBOARDS = ROOT / "grafana" / "dashboards"
 PAGE_GROUP_WAIT = 5.0
 
 
-def generator() -> ModuleType:
-    path = ROOT / "scripts" / "gen_verdict_tests.py"
-    spec = importlib.util.spec_from_file_location("gen_verdict_tests", path)
+def generator(name: str = "gen_verdict_tests") -> ModuleType:
+    path = ROOT / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec
     assert spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -68,6 +68,25 @@ def test_the_bundle_selects_probe_kinds_as_the_registry_declares() -> None:
 def test_the_committed_scenarios_are_what_the_generator_writes() -> None:
     gen = generator()
     assert gen.OUT.read_text() == gen.main(), "run: python scripts/gen_verdict_tests.py"
+
+
+def test_the_committed_ranking_scenarios_are_what_the_generator_writes() -> None:
+    gen = generator("gen_ranking_tests")
+    assert gen.OUT.read_text() == gen.main(), "run: python scripts/gen_ranking_tests.py"
+
+
+def test_the_ranking_model_uses_the_bundle_constants() -> None:
+    gen = generator("gen_ranking_tests")
+    constants = {
+        r["record"]: float(r["expr"].removeprefix("vector(").removesuffix(")"))
+        for r in bundle.recording_rules()
+        if r["record"].startswith("global:failover_rank_")
+    }
+    assert constants == {
+        "global:failover_rank_min_samples:constant": gen.MIN_SAMPLES,
+        "global:failover_rank_tie_ratio:constant": gen.TIE_RATIO,
+        "global:failover_rank_tie_absolute_seconds:constant": gen.TIE_ABSOLUTE,
+    }
 
 
 def test_primary_down_fits_the_detection_budget_at_every_phase() -> None:
