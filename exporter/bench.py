@@ -25,9 +25,9 @@ import aiohttp
 
 from exporter import config
 from exporter.config import Config, ConfigError, Image, Region
-from exporter.docker_images import DockerError, DockerHandle
-from exporter.docker_settings import DockerSettings
-from exporter.probes.cold_start import ensure_image, started_container
+from exporter.docker.client import DockerError, DockerHandle
+from exporter.docker.containers import ensure_image, started_container
+from exporter.docker.settings import DockerSettings
 from exporter.resources import Resources
 
 RANKING_RULE = (

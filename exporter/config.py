@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from exporter import schema, templates
-from exporter.docker_settings import DockerSettings, RunSettings
+from exporter.docker.settings import DockerSettings, RunSettings
 from exporter.fields import (
     NO_SECRETS,
     Scrubber,

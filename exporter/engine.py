@@ -22,7 +22,7 @@ from prometheus_client import (
 
 from exporter import __version__, config, metrics, templates
 from exporter.config import Config, ConfigError
-from exporter.docker_images import ImageRefresher
+from exporter.docker.images import ImageRefresher
 from exporter.metrics import SelfMetrics
 from exporter.resources import Resources
 from exporter.scheduler import Scheduler

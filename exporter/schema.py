@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 from pydantic import AfterValidator, Field
 
 from exporter import metrics
-from exporter.docker_settings import DockerSettings, RunSettings
+from exporter.docker.settings import DockerSettings, RunSettings
 from exporter.fields import Duration, Model, Name
 from exporter.probes import REGISTRY
 from exporter.probes.base import ProbeSettings

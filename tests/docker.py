@@ -195,7 +195,7 @@ def vantage() -> str:
 def containers_of(client: Any, instance: str) -> list[dict[str, Any]]:
     """Containers labelled with this exporter instance, in any state (one list call: no
     per-container inspect that could race with a removal)."""
-    from exporter.docker_images import LABEL_INSTANCE
+    from exporter.docker.client import LABEL_INSTANCE
 
     found = client.api.containers(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"})
     return [c for c in found if (c.get("Labels") or {}).get(LABEL_INSTANCE) == instance]

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter import metrics
 from exporter.config import ConfigError
-from exporter.docker_images import LABEL_INSTANCE, LABEL_MANAGED, LABEL_TARGET
+from exporter.docker.client import LABEL_INSTANCE, LABEL_MANAGED, LABEL_TARGET
 from exporter.metrics import SelfMetrics
 from exporter.probes import REGISTRY
 from exporter.resources import Resources
