@@ -8,11 +8,16 @@ The handle also names and labels the containers this exporter creates and sweeps
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
+
+import aiohttp
+from yarl import URL
 
 from exporter.docker.settings import DockerSettings
 from exporter.resources import Resources
@@ -44,7 +49,25 @@ class DockerUnreachable(DockerError):
     """No connection to the daemon: the request was never delivered."""
 
 
-def _short(exc: BaseException) -> str:
+class PullError(DockerError):
+    """The daemon took the pull request and reported that the pull failed (the registry's
+    side: unreachable, unknown image, invalid manifest, ...); the message is the daemon's."""
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """`repo[:tag]` or `repo@digest` -> (repo, tag or digest), as the Engine API's pull takes it.
+
+    A colon before the last slash belongs to a registry's port, not to a tag.
+    """
+    if "@" in ref:
+        repo, _, digest = ref.partition("@")
+        return repo, digest
+    head, slash, last = ref.rpartition("/")
+    name, colon, tag = last.partition(":")
+    return f"{head}{slash}{name}", tag if colon else "latest"
+
+
+def _short(exc: BaseException | str) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -138,6 +161,65 @@ class DockerHandle:
             ) from None
         except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
             raise DockerError(f"{what}: {_short(exc)}") from None
+
+    async def pull(self, ref: str) -> None:
+        """Pull `ref` through the Engine API's streaming endpoint, on the event loop.
+
+        Not through the SDK in a thread: a pull from a registry that stops answering would block
+        that thread for good, and only closing the API connection makes the daemon give the pull
+        up (and drop what it fetched). Here cancelling the caller (its timeout) closes it.
+        """
+        s = self.settings
+        repo, tag = split_ref(ref)
+        url = URL(s.host)
+        connector: aiohttp.BaseConnector
+        if url.scheme == "unix":
+            connector, base = aiohttp.UnixConnector(path=url.path), "http://docker"
+        else:
+            context = self._ssl_context()
+            connector = aiohttp.TCPConnector(ssl=context or False)
+            base = f"{'https' if context else 'http'}://{url.host}:{url.port}"
+        # No total bound: the caller's timeout is the pull's; connecting has the call bound.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.call_timeout)
+        what = f"pull image {ref}"
+        try:
+            async with (
+                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+                session.post(
+                    f"{base}/v{s.api_version}/images/create",
+                    params={"fromImage": repo, "tag": tag},
+                ) as resp,
+            ):
+                if resp.status >= 400:
+                    text = (await resp.text()).strip()
+                    with suppress(ValueError, AttributeError):
+                        text = str(json.loads(text).get("message") or text)
+                    if resp.status == 404:
+                        raise PullError(f"{what}: {_short(text or 'not found')}")
+                    raise DockerError(f"{what}: {_short(text or str(resp.status))}")
+                async for line in resp.content:
+                    with suppress(ValueError):
+                        event = json.loads(line)
+                        if isinstance(event, dict) and event.get("error"):
+                            raise PullError(f"{what}: {_short(str(event['error']))}")
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+                raise DockerError(f"{what}: Docker at {s.host} closed the connection") from None
+            raise DockerUnreachable(f"{what}: cannot connect to Docker at {s.host}") from None
+        except aiohttp.ClientError as exc:
+            raise DockerError(f"{what}: {_short(exc)}") from None
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.settings.tls
+        if tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if not tls.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if tls.cert_file and tls.key_file:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        return context
 
     # -- containers ------------------------------------------------------------------------
 

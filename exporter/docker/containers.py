@@ -11,11 +11,18 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
-from exporter.docker.client import DockerError, DockerHandle, DockerNotFound, DockerUnreachable, log
+from exporter.docker.client import (
+    DockerError,
+    DockerHandle,
+    DockerNotFound,
+    DockerUnreachable,
+    PullError,
+    log,
+)
 from exporter.docker.settings import RunSettings
 
 # Check whether the container died this often while waiting for readiness, so a crashing
@@ -23,6 +30,8 @@ from exporter.docker.settings import RunSettings
 STATE_CHECK_EVERY = 0.5
 # Removal runs after the probe's own deadline has passed, so it has its own bound.
 CLEANUP_TIMEOUT = 30.0
+# A pull with no caller's bound (bench) may take this long.
+PULL_LIMIT = 3600.0
 
 
 @dataclasses.dataclass
@@ -36,19 +45,108 @@ class Started:
     pull: float | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Pull:
+    """One pull: how long it took, and whether the layers were already there.
+
+    "warm": the image was present before with the same ID, so the pull only asked the registry
+    for the manifest. "cold": the image was absent, or the registry had a new one: layers were
+    fetched (those shared with other local images excepted).
+    """
+
+    seconds: float
+    cache: Literal["cold", "warm"]
+
+
+PullKind = Literal["unreachable", "timeout", "not_found", "manifest", "error"]
+
+# Substrings of the daemon's error text (containers/image and Docker word them alike), checked in
+# this order. The registry's side only: the daemon's own failures stay DockerError.
+_PULL_PATTERNS: tuple[tuple[PullKind, tuple[str, ...]], ...] = (
+    (
+        "unreachable",
+        (
+            "connection refused",
+            "no such host",
+            "no route to host",
+            "network is unreachable",
+            "i/o timeout",
+            "connection reset",
+            "tls:",
+            "server gave http response",
+        ),
+    ),
+    ("not_found", ("manifest unknown", "name unknown", "not found", "no such image")),
+    ("manifest", ("manifest", "json", "invalid character", "unsupported", "mediatype")),
+)
+
+
+class PullFailure(DockerError):
+    """A pull that failed on the registry's side, classified for the probe's reason."""
+
+    def __init__(self, kind: PullKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: PullKind = kind
+
+
+def classify_pull_error(message: str) -> PullKind:
+    text = message.lower()
+    for kind, needles in _PULL_PATTERNS:
+        if any(n in text for n in needles):
+            return kind
+    return "error"
+
+
+async def image_id(handle: DockerHandle, ref: str) -> str | None:
+    try:
+        attrs = await handle.call("inspect image", lambda c: c.api.inspect_image(ref))
+    except DockerNotFound:
+        return None
+    return str(attrs.get("Id") or "") or None
+
+
+async def pull_image(handle: DockerHandle, ref: str, limit: float = PULL_LIMIT) -> Pull:
+    """Pull `ref` within `limit` seconds; a failure names the registry's problem.
+
+    On a timeout or a cancellation the API connection is closed, which makes the daemon abandon
+    the pull and drop its partial layers.
+    """
+    before = await image_id(handle, ref)
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout(limit):
+            await handle.pull(ref)
+    except TimeoutError:
+        raise PullFailure(
+            "timeout",
+            f"pull image {ref}: not finished within {limit:g}s "
+            "(the registry does not answer, or the pull needs a longer probe timeout)",
+        ) from None
+    except PullError as exc:
+        raise PullFailure(classify_pull_error(exc.message), exc.message) from None
+    seconds = time.perf_counter() - t0
+    after = await image_id(handle, ref)
+    if after is None:
+        raise PullFailure("error", f"pull image {ref}: the pull ended but the image is absent")
+    return Pull(seconds, "warm" if before == after else "cold")
+
+
+async def pull_for(
+    handle: DockerHandle, ref: str, policy: str, limit: float = PULL_LIMIT
+) -> Pull | None:
+    """Pull per policy (never / if_missing / always); the Pull when one happened."""
+    if policy != "always":
+        if await image_id(handle, ref) is not None:
+            return None
+        if policy == "never":
+            raise DockerError(f"image {ref} is not present and pull is never")
+    return await pull_image(handle, ref, limit)
+
+
 async def ensure_image(handle: DockerHandle, ref: str, pull: str) -> float | None:
     """Pull per policy; return the pull time when a pull happened."""
-    if pull != "always":
-        try:
-            await handle.call("inspect image", lambda c: c.api.inspect_image(ref))
-            return None
-        except DockerNotFound:
-            if pull == "never":
-                raise DockerError(f"image {ref} is not present and pull is never") from None
-    t0 = time.perf_counter()
-    # A pull may take minutes; the probe timeout, not the per-call bound, limits it.
-    await handle.call("pull image", lambda c: c.images.pull(ref), timeout=3600)
-    return time.perf_counter() - t0
+    pulled = await pull_for(handle, ref, pull)
+    return None if pulled is None else pulled.seconds
 
 
 @asynccontextmanager

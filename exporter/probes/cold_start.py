@@ -14,13 +14,24 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from exporter import metrics
 from exporter.docker.client import DockerError, DockerHandle
-from exporter.docker.containers import ensure_image, started_container
+from exporter.docker.containers import PullFailure, PullKind, pull_for, started_container
 from exporter.docker.settings import RunSettings
 from exporter.metrics import Reason
 from exporter.probes.base import ProbeContext, ProbeFailure, ProbeKind, ProbeSettings, register
 
 if TYPE_CHECKING:
     from exporter.config import Binding
+
+PULL_REASONS: dict[PullKind, Reason] = {
+    "unreachable": Reason.PULL_UNREACHABLE,
+    "timeout": Reason.PULL_TIMEOUT,
+    "not_found": Reason.PULL_NOT_FOUND,
+    "manifest": Reason.PULL_MANIFEST,
+    "error": Reason.DOCKER,
+}
+# Share of the probe timeout a pull may use: a pull that does not finish fails as pull_timeout
+# (naming the registry), not as the probe's generic timeout.
+PULL_SHARE = 0.9
 
 
 class ColdStartSettings(ProbeSettings):
@@ -69,14 +80,18 @@ async def run(p: ColdStart, ctx: ProbeContext) -> None:
         raise ProbeFailure(Reason.ERROR, "cold_start probe is not bound to a region and image")
     try:
         handle = await DockerHandle.shared(p.endpoint, p.instance, ctx.resources)
-        pulled = await ensure_image(handle, p.ref, p.pull)
+        limit = ctx.timeout * PULL_SHARE if ctx.timeout > 0 else 3600.0
+        pulled = await pull_for(handle, p.ref, p.pull, limit)
         if pulled is not None:
-            ctx.phases["pull"] = pulled
-            ctx.observations.append((metrics.IMAGE_PULL.name, pulled))
-            ctx.log(f"pulled {p.ref} in {pulled:.3f}s")
+            ctx.phases["pull"] = pulled.seconds
+            spec = metrics.IMAGE_PULL if pulled.cache == "cold" else metrics.IMAGE_PULL_WARM
+            ctx.observations.append((spec.name, pulled.seconds))
+            ctx.log(f"pulled {p.ref} in {pulled.seconds:.3f}s ({pulled.cache} layer cache)")
         async with started_container(handle, p.ref, p.run, p.target, ctx.phases) as started:
             ctx.observations.append((metrics.COLD_START.name, started.cold_start))
             ctx.log(f"{started.name} ready in {started.cold_start:.3f}s")
+    except PullFailure as exc:
+        raise ProbeFailure(PULL_REASONS[exc.kind], exc.message) from None
     except DockerError as exc:
         raise ProbeFailure(Reason.DOCKER, exc.message) from None
 
@@ -93,7 +108,15 @@ KIND = register(
         settings=ColdStartSettings,
         prepare=prepare,
         run=run,
-        reasons=(Reason.TIMEOUT, Reason.DOCKER, Reason.ERROR),
+        reasons=(
+            Reason.TIMEOUT,
+            Reason.DOCKER,
+            Reason.PULL_UNREACHABLE,
+            Reason.PULL_TIMEOUT,
+            Reason.PULL_NOT_FOUND,
+            Reason.PULL_MANIFEST,
+            Reason.ERROR,
+        ),
         phases=("pull", "create", "start", "ready"),
         describe=describe,
     )

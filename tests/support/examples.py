@@ -20,6 +20,7 @@ import pytest
 
 from tests.deploy.base import debian_image
 from tests.docker import worker_id
+from tests.support.shared import shared
 
 __all__ = ["example_bases", "example_builds_cleaned", "example_images"]
 
@@ -95,6 +96,12 @@ def example_bases(podman_host: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def example_images(docker_client: Any, example_bases: dict[str, str]) -> Iterator[dict[str, str]]:
     """{variant: ref} of the three built variants, tagged per worker; removed at session end."""
+    with shared("example_images", lambda: _built(docker_client, example_bases)) as refs:
+        yield refs
+
+
+@contextlib.contextmanager
+def _built(docker_client: Any, example_bases: dict[str, str]) -> Iterator[dict[str, str]]:
     refs = {v: f"localhost/failover-example-hello-{worker_id()}:{v}" for v in VARIANTS}
     before = dangling(docker_client)
     try:
