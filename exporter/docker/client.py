@@ -54,6 +54,26 @@ class PullError(DockerError):
     side: unreachable, unknown image, invalid manifest, ...); the message is the daemon's."""
 
 
+def stream_events(chunk: bytes) -> list[dict[str, Any]]:
+    """The JSON objects in one line of a progress stream; a daemon may put several on a line
+    or none, and a line that is not JSON is progress text, not an error."""
+    text = chunk.decode("utf-8", "replace")
+    decoder = json.JSONDecoder()
+    found: list[dict[str, Any]] = []
+    i = 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return found
+        try:
+            event, i = decoder.raw_decode(text, i)
+        except ValueError:
+            return found
+        if isinstance(event, dict):
+            found.append(event)
+
+
 def split_ref(ref: str) -> tuple[str, str]:
     """`repo[:tag]` or `repo@digest` -> (repo, tag or digest), as the Engine API's pull takes it.
 
@@ -198,9 +218,8 @@ class DockerHandle:
                         raise PullError(f"{what}: {_short(text or 'not found')}")
                     raise DockerError(f"{what}: {_short(text or str(resp.status))}")
                 async for line in resp.content:
-                    with suppress(ValueError):
-                        event = json.loads(line)
-                        if isinstance(event, dict) and event.get("error"):
+                    for event in stream_events(line):
+                        if event.get("error"):
                             raise PullError(f"{what}: {_short(str(event['error']))}")
         except (aiohttp.ClientConnectionError, OSError) as exc:
             if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):

@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from exporter import metrics
-from exporter.docker.client import split_ref
+from exporter.docker.client import split_ref, stream_events
 from exporter.docker.containers import classify_pull_error
 from exporter.scheduler import Scheduler
 from tests.conftest import MakeConfig
@@ -56,6 +56,12 @@ def test_split_ref() -> None:
     assert split_ref("127.0.0.1:5000/hello") == ("127.0.0.1:5000/hello", "latest")
     assert split_ref("hello@sha256:ab") == ("hello", "sha256:ab")
     assert split_ref("docker.io/library/debian:12-slim") == ("docker.io/library/debian", "12-slim")
+
+
+def test_stream_events() -> None:
+    assert stream_events(b'{"status": "a"}{"error": "x"}\r\n') == [{"status": "a"}, {"error": "x"}]
+    assert stream_events(b"  \n") == []
+    assert stream_events(b'{"status": "a"} not json') == [{"status": "a"}]
 
 
 def test_pull_errors_are_classified_from_the_daemons_words() -> None:
