@@ -24,10 +24,10 @@ from typing import Any, TextIO
 import aiohttp
 
 from exporter import config
-from exporter.docker_images import DockerError, DockerHandle
-from exporter.docker_settings import DockerSettings
+from exporter.docker.client import DockerError, DockerHandle
+from exporter.docker.containers import ensure_image, started_container
+from exporter.docker.settings import DockerSettings
 from exporter.model import Config, Image, Region
-from exporter.probes.cold_start import ensure_image, started_container
 from exporter.resources import Resources
 from exporter.source import ConfigError
 

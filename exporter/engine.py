@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 
 from exporter import __version__, config, metrics, templates
-from exporter.docker_images import ImageRefresher
+from exporter.docker.images import ImageRefresher
 from exporter.history import History
 from exporter.metrics import SelfMetrics
 from exporter.model import Config, Shard

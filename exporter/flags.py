@@ -14,8 +14,8 @@ import sys
 from exporter import log as logsetup
 from exporter import webconfig
 from exporter.app import loop_factory
-from exporter.config import ConfigError
 from exporter.fields import split_host_port
+from exporter.source import ConfigError
 from exporter.webconfig import WebConfig
 
 DEFAULT_LISTEN = ":10077"

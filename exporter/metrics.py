@@ -87,6 +87,13 @@ class Reason(StrEnum):
     PROXY_CONNECT = "proxy_connect"
     PROXY_AUTH = "proxy_auth"
     PROXY_ERROR = "proxy_error"
+    # cold_start image pulls: the registry refuses or cannot be reached, the pull did not finish
+    # in time (a registry that accepts and never answers), the registry has no such image or
+    # tag, or it served a manifest the daemon cannot use. The Docker daemon itself is `docker`.
+    PULL_UNREACHABLE = "pull_unreachable"
+    PULL_TIMEOUT = "pull_timeout"
+    PULL_NOT_FOUND = "pull_not_found"
+    PULL_MANIFEST = "pull_manifest"
     ERROR = "error"
 
 
@@ -250,7 +257,16 @@ COLD_START = MetricSpec(
 IMAGE_PULL = MetricSpec(
     "failover_container_image_pull_seconds",
     Type.HISTOGRAM,
-    "Image pull time, when a cold start had to pull the image first.",
+    "Image pull time before a cold start, when the layers had to be fetched (the image was "
+    "absent, or the registry had a new one): what a failover region pays first.",
+    Scope.TARGET,
+    buckets=COLD_START_BUCKETS,
+)
+IMAGE_PULL_WARM = MetricSpec(
+    "failover_container_image_warm_pull_seconds",
+    Type.HISTOGRAM,
+    "Image pull time before a cold start when the same image was already present (layers "
+    "cached: the registry round trips only; pull: always).",
     Scope.TARGET,
     buckets=COLD_START_BUCKETS,
 )
@@ -495,6 +511,7 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     POSTGRES_IN_RECOVERY,
     COLD_START,
     IMAGE_PULL,
+    IMAGE_PULL_WARM,
     ICMP_SENT,
     ICMP_LOST,
     DNS_RCODE,

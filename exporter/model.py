@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 from typing import Any
 
-from exporter.docker_settings import DockerSettings, RunSettings
+from exporter.docker.settings import DockerSettings, RunSettings
 from exporter.fields import NO_SECRETS, Scrubber
 
 

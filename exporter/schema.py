@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 from exporter import metrics
-from exporter.docker_settings import DockerSettings, RunSettings
+from exporter.docker.settings import DockerSettings, RunSettings
 from exporter.fields import Duration, Model, Name
 from exporter.probes import REGISTRY
 from exporter.probes.base import ProbeSettings

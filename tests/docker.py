@@ -1,7 +1,9 @@
 """A real Docker Engine API for the tests: Podman's compatible service, and locally built images.
 
-No registry is reachable, so the base image is a rootfs made from Debian's busybox-static and
-imported with `podman import` (cached by content); test images build FROM it.
+No outside registry is reachable, so the base image is a rootfs made from Debian's busybox-static
+and imported with `podman import` (cached by content); test images build FROM it. Registries the
+tests start themselves (tests/support/registry.py) listen on loopback ports in REGISTRY_PORTS,
+which the suite's registries.conf lets Podman reach over plain HTTP.
 
 Import the fixtures into a test module with `from tests.docker import *  # noqa: F403`.
 """
@@ -15,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from typing import Any
 import docker
 import pytest
 
+from tests.support.shared import shared
 from tests.tools import missing, need
 
 __all__ = [
@@ -44,8 +48,34 @@ BASE_RECIPE = "1"
 BUSYBOX = "/bin/busybox"
 
 
+# Loopback ports of the registries the tests start (real and hostile): plain HTTP for Podman.
+REGISTRY_PORTS = range(19240, 19300)
+
+
+def registries_conf() -> Path:
+    """A registries.conf marking REGISTRY_PORTS on 127.0.0.1 insecure (HTTP), written once.
+
+    Podman matches a registry by host:port, so each port has its entry; the file is named by
+    its content, so concurrent workers write the same bytes to the same place.
+    """
+    text = "unqualified-search-registries = []\n" + "".join(
+        f'[[registry]]\nlocation = "127.0.0.1:{port}"\ninsecure = true\n' for port in REGISTRY_PORTS
+    )
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"failover-test-registries-{digest}.conf"
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(text)
+        partial.rename(path)
+    return path
+
+
 def podman_env() -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+    return {
+        **os.environ,
+        "CONTAINERS_CONF": str(CONTAINERS_CONF),
+        "CONTAINERS_REGISTRIES_CONF": str(registries_conf()),
+    }
 
 
 def podman(*args: str, timeout: float = 120) -> str:
@@ -76,6 +106,12 @@ def _ping(socket_path: Path) -> bool:
 @pytest.fixture(scope="session")
 def podman_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`unix://…` of a `podman system service` of this worker; stopped at session end."""
+    with shared("podman_host", lambda: _podman_service(tmp_path_factory)) as host:
+        yield host
+
+
+@contextlib.contextmanager
+def _podman_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     need("podman")
     need("runc")
     # The socket lives in this xdist worker's own base temp dir, so workers never share one.
@@ -107,6 +143,12 @@ def podman_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def docker_client(podman_host: str) -> Iterator[Any]:
+    with shared("docker_client", lambda: _client(podman_host)) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _client(podman_host: str) -> Iterator[Any]:
     client = docker.DockerClient(base_url=podman_host, version="1.41", timeout=60)
     try:
         yield client
@@ -195,7 +237,7 @@ def vantage() -> str:
 def containers_of(client: Any, instance: str) -> list[dict[str, Any]]:
     """Containers labelled with this exporter instance, in any state (one list call: no
     per-container inspect that could race with a removal)."""
-    from exporter.docker_images import LABEL_INSTANCE
+    from exporter.docker.client import LABEL_INSTANCE
 
     found = client.api.containers(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"})
     return [c for c in found if (c.get("Labels") or {}).get(LABEL_INSTANCE) == instance]

@@ -141,7 +141,7 @@ def test_the_graph_sees_the_imports_it_must() -> None:
     # A parser that missed imports would find no circle anywhere; pin edges of each form.
     assert "exporter.metrics" in imports("exporter.schema")  # from exporter import metrics
     assert "exporter.probes" in imports("exporter.config")  # from exporter.probes import ...
-    assert "exporter.model" in imports("exporter.docker_images")  # under TYPE_CHECKING
+    assert "exporter.model" in imports("exporter.docker.images")  # under TYPE_CHECKING
     assert "exporter.commands.demo" not in imports("exporter.cli")  # inside a function: lazy
 
 

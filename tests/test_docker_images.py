@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import config
-from exporter.docker_images import LABEL_INSTANCE, LABEL_MANAGED, parse_created
+from exporter.docker.client import LABEL_INSTANCE, LABEL_MANAGED
+from exporter.docker.images import parse_created
 from tests.conftest import MakeClient
 from tests.docker import *  # noqa: F403
 from tests.docker import podman, removed_afterwards

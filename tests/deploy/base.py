@@ -1,9 +1,11 @@
-"""A local Python base image for building deploy/Dockerfile: no container registry is reachable.
+"""Local Debian base images: no container registry is reachable.
 
-`debootstrap` makes a minimal Debian bookworm with python3 and its venv module from the Debian
-mirror apt already uses; the rootfs tarball is cached under CACHE keyed by the recipe, and
-imported into Podman's store under a tag with the same key, so later runs reuse either.
-A first run takes about two minutes (the download and unpacking of ~100 packages).
+`debootstrap` makes a minimal Debian bookworm (plus packages) from the Debian mirror apt already
+uses: python3 and its venv module for deploy/Dockerfile, gcc for the build stage of
+deploy/examples/ and plain minbase (debian:12-slim's stand-in) for its slim runtime. Each rootfs
+tarball is cached under CACHE keyed by the recipe, and imported into Podman's store under a tag
+with the same key, so later runs reuse either. A first run takes about two minutes per base
+(the download and unpacking of ~100 packages).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ RECIPE_VERSION = "1"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
-def recipe_key() -> str:
-    recipe = f"{RECIPE_VERSION} {SUITE} minbase {','.join(PACKAGES)}"
+def recipe_key(packages: tuple[str, ...] = PACKAGES) -> str:
+    recipe = f"{RECIPE_VERSION} {SUITE} minbase {','.join(packages)}"
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
@@ -62,17 +64,17 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _debootstrap(tarball: Path) -> None:
+def _debootstrap(tarball: Path, packages: tuple[str, ...]) -> None:
     need("debootstrap")
     if os.geteuid() != 0:
-        missing("root for debootstrap (the Python base image for deploy/Dockerfile)")
+        missing("root for debootstrap (the local Debian base images)")
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         root = Path(tmp) / "rootfs"
         proc = subprocess.run(
             [
                 "debootstrap",
                 "--variant=minbase",
-                f"--include={','.join(PACKAGES)}",
+                *([f"--include={','.join(packages)}"] if packages else []),
                 SUITE,
                 str(root),
                 apt_mirror(),
@@ -102,23 +104,28 @@ def _debootstrap(tarball: Path) -> None:
 
 def python_base_image() -> str:
     """The tag of the local bookworm+python3 image, built (or re-imported) on first use."""
+    return debian_image("python-base", PACKAGES, "/usr/bin/python3")
+
+
+def debian_image(name: str, packages: tuple[str, ...], cmd: str = "/bin/sh") -> str:
+    """The tag of a local bookworm minbase + `packages` image, built (or re-imported) once."""
     need("podman")
-    key = recipe_key()
-    ref = f"localhost/failover-test-python-base:{key}"
+    key = recipe_key(packages)
+    ref = f"localhost/failover-test-{name}:{key}"
     exists = subprocess.run(
         ["podman", "image", "exists", ref], env=podman_env(), check=False, timeout=60
     )
     if exists.returncode == 0:
         return ref
     CACHE.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE / f"python-base-{key}.tar"
-    with _locked(CACHE / f"python-base-{key}.lock"):
+    tarball = CACHE / f"{name}-{key}.tar"
+    with _locked(CACHE / f"{name}-{key}.lock"):
         if not tarball.exists():
-            _debootstrap(tarball)
+            _debootstrap(tarball, packages)
         podman(
             "import",
             "--change",
-            "CMD=/usr/bin/python3",
+            f"CMD={cmd}",
             str(tarball),
             ref,
             timeout=300,

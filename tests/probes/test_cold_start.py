@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter import metrics
-from exporter.docker_images import LABEL_INSTANCE, LABEL_MANAGED, LABEL_TARGET
+from exporter.docker.client import LABEL_INSTANCE, LABEL_MANAGED, LABEL_TARGET
 from exporter.metrics import SelfMetrics
 from exporter.probes import REGISTRY
 from exporter.resources import Resources

@@ -1,7 +1,7 @@
 """Docker settings as the config file spells them: a region's endpoint and an image's `run:`.
 
 Pure pydantic models with no Docker SDK import, so the config schema (and `check-config`) can
-validate them without loading `docker` and `requests`; the client lives in docker_images.py.
+validate them without loading `docker` and `requests`; the client lives in client.py.
 """
 
 from __future__ import annotations
