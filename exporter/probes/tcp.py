@@ -24,10 +24,10 @@ from exporter.probes.base import (
     ProbeFailure,
     ProbeKind,
     ProbeSettings,
-    handshake_rtt,
     register,
 )
 from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
+from exporter.wire.timestamps import handshake_rtt
 
 
 def split_address(address: str) -> tuple[str, int]:
