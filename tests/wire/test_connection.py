@@ -18,6 +18,7 @@ from exporter.metrics import Reason
 from exporter.wire.connection import (
     Marks,
     WireFailure,
+    clock_offset,
     connect,
     connection_phases,
     literal_addresses,
@@ -234,3 +235,13 @@ def test_timestamp_helpers() -> None:
     a, b = socket.socketpair()
     with a, b:
         assert handshake_rtt(a, a.family) is None  # not TCP: no sample
+
+
+def test_clock_offset_skips_a_preempted_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scripted clocks: the first reading is preempted 5 ms between the wall clock and the second
+    # perf_counter (it would shift every kernel time by that); the second is tight.
+    perf = iter([10.0, 10.005, 20.0, 20.000002])
+    wall = iter([1000.0, 1010.000001])
+    monkeypatch.setattr(time, "perf_counter", lambda: next(perf))
+    monkeypatch.setattr(time, "time", lambda: next(wall))
+    assert clock_offset() == 1010.000001 - 20.000001
