@@ -24,6 +24,7 @@ from exporter.metrics import Reason
 from exporter.wire.timestamps import (
     SO_TIMESTAMPNS,
     TIMESTAMP_CMSG_SPACE,
+    clock_offset,
     handshake_rtt,
     kernel_time_ns,
     tcp_info,
@@ -330,27 +331,6 @@ class Conn:
         except ssl.SSLError:
             return False
         return not stray
-
-
-# Two clock reads a preemption apart would shift every kernel time of the connection by the
-# preemption (milliseconds on a loaded machine): a reading is kept only when perf_counter's
-# reads around it are this close, or else the tightest of a few.
-_TIGHT = 20e-6
-_TRIES = 4
-
-
-def clock_offset() -> float:
-    """time.time() - time.perf_counter(), read between two perf_counter reads."""
-    best_gap, best = float("inf"), 0.0
-    for _ in range(_TRIES):
-        before = time.perf_counter()
-        wall = time.time()
-        after = time.perf_counter()
-        if after - before < best_gap:
-            best_gap, best = after - before, wall - (before + after) / 2
-            if best_gap < _TIGHT:
-                break
-    return best
 
 
 async def wait(

@@ -1,4 +1,5 @@
-"""The kernel's clocks on a socket: receive timestamps (SO_TIMESTAMPNS) and the handshake RTT.
+"""The kernel's clocks on a socket: receive timestamps (SO_TIMESTAMPNS), the handshake RTT and
+state (TCP_INFO), and the offset that maps the kernel's wall-clock times onto perf_counter.
 
 A time taken when the event loop gets round to a socket holds the exporter's own scheduling
 delay; these are the times the kernel saw the packets, so a busy loop is not the target's
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 # Linux's SO_TIMESTAMPNS (the socket module lacks the name; asm-generic value): every read then
 # carries the kernel's receive time of its data as a struct timespec.
@@ -69,3 +71,24 @@ def handshake_rtt(sock: socket.socket, family: int) -> float | None:
     (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
     # 0: no sample (a retransmitted SYN, say); the loop's own marks stand then.
     return rtt_us / 1e6 if rtt_us else None
+
+
+# Two clock reads a preemption apart would shift every kernel time of the connection by the
+# preemption (milliseconds on a loaded machine): a reading is kept only when perf_counter's
+# reads around it are this close, or else the tightest of a few.
+_TIGHT = 20e-6
+_TRIES = 4
+
+
+def clock_offset() -> float:
+    """time.time() - time.perf_counter(), read between two perf_counter reads."""
+    best_gap, best = float("inf"), 0.0
+    for _ in range(_TRIES):
+        before = time.perf_counter()
+        wall = time.time()
+        after = time.perf_counter()
+        if after - before < best_gap:
+            best_gap, best = after - before, wall - (before + after) / 2
+            if best_gap < _TIGHT:
+                break
+    return best

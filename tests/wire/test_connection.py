@@ -18,14 +18,13 @@ from exporter.metrics import Reason
 from exporter.wire.connection import (
     Marks,
     WireFailure,
-    clock_offset,
     connect,
     connection_phases,
     literal_addresses,
     resolve,
     secure,
 )
-from exporter.wire.timestamps import SO_TIMESTAMPNS, handshake_rtt, kernel_time_ns
+from exporter.wire.timestamps import SO_TIMESTAMPNS, clock_offset, handshake_rtt, kernel_time_ns
 
 
 @pytest.fixture(scope="module")
