@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -151,47 +150,7 @@ def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:
     return kind
 
 
-# struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, then u32 fields; tcpi_rtt is the 16th.
-_TCPI_RTT = struct.Struct("=I")
-_TCPI_RTT_OFFSET = 8 + 15 * 4
-_TCP_INFO = getattr(socket, "TCP_INFO", None)
-
-
-def handshake_rtt(sock: socket.socket, family: int) -> float | None:
-    """SYN -> SYN-ACK as the kernel measured it (its first RTT sample, in microseconds).
-
-    The loop notices the finished handshake only when it next polls; on a busy loop that is
-    milliseconds later, and the wait is the exporter's, not the target's.
-    """
-    if _TCP_INFO is None or family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_RTT_OFFSET + 4)
-    except OSError:
-        return None
-    if len(info) < _TCPI_RTT_OFFSET + 4:
-        return None
-    (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
-    # 0: no sample (a retransmitted SYN, say); the loop's own marks stand then.
-    return rtt_us / 1e6 if rtt_us else None
-
-
 # -- socket helpers shared by the probe kinds ---------------------------------------------------
 
 IpFamily = Literal["any", "ipv4", "ipv6"]
 FAMILIES: dict[str, int] = {"any": 0, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
-
-# Linux's SO_TIMESTAMPNS (the socket module lacks the name; asm-generic value): every read then
-# carries the kernel's receive time of its data as a struct timespec.
-SO_TIMESTAMPNS = 35
-_TIMESPEC = struct.Struct("@qq")
-TIMESTAMP_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
-
-
-def kernel_time_ns(ancillary: list[tuple[int, int, bytes]]) -> int | None:
-    """The wall-clock receive time (ns) in a recvmsg's ancillary data, if the kernel gave one."""
-    for level, kind, value in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
-            sec, nsec = _TIMESPEC.unpack_from(value)
-            return int(sec * 1_000_000_000 + nsec)
-    return None

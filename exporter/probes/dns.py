@@ -26,16 +26,15 @@ from exporter.fields import SettingError
 from exporter.metrics import Reason
 from exporter.probes.base import (
     FAMILIES,
-    SO_TIMESTAMPNS,
     IpFamily,
     ProbeContext,
     ProbeFailure,
     ProbeKind,
     ProbeSettings,
-    kernel_time_ns,
     register,
 )
 from exporter.probes.tcp import split_address
+from exporter.wire.timestamps import SO_TIMESTAMPNS, kernel_time_ns
 
 if TYPE_CHECKING:
     import dns.message

@@ -29,15 +29,14 @@ from exporter.fields import Duration
 from exporter.metrics import Reason
 from exporter.probes.base import (
     FAMILIES,
-    SO_TIMESTAMPNS,
     IpFamily,
     ProbeContext,
     ProbeFailure,
     ProbeKind,
     ProbeSettings,
-    kernel_time_ns,
     register,
 )
+from exporter.wire.timestamps import SO_TIMESTAMPNS, kernel_time_ns
 
 log = logging.getLogger("exporter.probes.icmp")
 

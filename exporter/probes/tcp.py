@@ -1,17 +1,19 @@
-"""TCP probe: connect time, optional TLS handshake with certificate expiry, optional send/expect."""
+"""TCP probe: connect time, optional TLS handshake with certificate expiry, optional send/expect.
+
+On the same transport as http (exporter/wire): every phase is stamped with the kernel's receive
+times and handshake RTT, so a busy event loop is not counted as the target's latency.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import ipaddress
 import os
 import re
-import socket
 import ssl
+import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,10 +26,20 @@ from exporter.probes.base import (
     ProbeFailure,
     ProbeKind,
     ProbeSettings,
-    handshake_rtt,
     register,
 )
 from exporter.tlsconf import TlsSettings, client_context, peer_cert_not_after
+from exporter.wire.connection import (
+    Conn,
+    Marks,
+    WireFailure,
+    connect,
+    connection_phases,
+    literal_addresses,
+    resolve,
+    secure,
+    tls_failure,
+)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -71,6 +83,8 @@ class Tcp:
     expect: re.Pattern[bytes] | None
     family: int
     max_read_bytes: int
+    # The addresses when the host is an IP literal (no lookup to time).
+    addresses: tuple[Any, ...] | None = dataclasses.field(repr=False)
 
 
 def prepare(s: TcpSettings, base_dir: Path) -> Tcp:
@@ -90,90 +104,119 @@ def prepare(s: TcpSettings, base_dir: Path) -> Tcp:
         expect=expect,
         family=FAMILIES[s.ip_family],
         max_read_bytes=s.max_read_bytes,
+        addresses=literal_addresses(host, port, FAMILIES[s.ip_family]),
     )
 
 
 async def run(p: Tcp, ctx: ProbeContext) -> None:
     loop = asyncio.get_running_loop()
-    # An address literal needs no lookup, so it gets no dns phase.
-    with contextlib.nullcontext() if _is_literal(p.host) else ctx.phase("dns"):
-        try:
-            infos = await loop.getaddrinfo(p.host, p.port, family=p.family, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ProbeFailure(Reason.DNS, f"cannot resolve {p.host}: {exc.strerror}") from None
-    family, type_, proto, _, addr = infos[0]
-    ctx.log(f"connecting to {addr[0]!s} port {addr[1]!s}")
-    sock = socket.socket(family, type_, proto)
-    writer: asyncio.StreamWriter | None = None
+    marks = Marks()
+    conn: Conn | None = None
+    sink: _Expect | None = None
+    ok = False
     try:
-        sock.setblocking(False)
-        with ctx.phase("connect"):
-            try:
-                await loop.sock_connect(sock, addr)
-            except OSError as exc:
-                # asyncio puts "Connect call failed (address)" in strerror; the errno says why.
-                why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-                raise ProbeFailure(Reason.CONNECT, f"cannot connect: {why}") from None
-        # The kernel's SYN -> SYN-ACK time, not when a busy loop noticed the connection.
-        rtt = handshake_rtt(sock, family)
-        if rtt is not None:
-            ctx.phases["connect"] = min(ctx.phases["connect"], rtt)
-        with ctx.phase("tls") if p.ssl is not None else contextlib.nullcontext():
-            try:
-                reader, writer = await asyncio.open_connection(
-                    sock=sock,
-                    ssl=p.ssl,
-                    server_hostname=p.server_name if p.ssl is not None else None,
-                    limit=p.max_read_bytes,
-                )
-            except ssl.SSLError as exc:
-                raise ProbeFailure(Reason.TLS, f"TLS handshake failed: {exc.reason}") from None
-            except OSError as exc:
-                raise ProbeFailure(Reason.RESET, f"connection lost: {exc.strerror}") from None
+        # An address literal needs no lookup, so it gets no dns phase.
+        infos = p.addresses or await resolve(loop, p.host, p.port, p.family, marks)
+        # One address, the first, as the lookup ordered them: the probe measures that one.
+        address = infos[0][4]
+        ctx.log(f"connecting to {address[0]!s} port {address[1]!s}")
+        conn = await connect(loop, infos[:1], f"{p.host}:{p.port}", marks, Reason.CONNECT)
         if p.ssl is not None:
-            not_after = peer_cert_not_after(writer.get_extra_info("ssl_object"))
+            await secure(loop, conn, p.ssl, p.server_name or p.host, marks)
+        marks.ready = time.perf_counter()
+        if conn.tls is not None:
+            not_after = peer_cert_not_after(conn.tls)
             if not_after is not None:
                 ctx.gauges[TLS_NOT_AFTER.name] = not_after
         if p.send is not None or p.expect is not None:
-            with ctx.phase("expect"):
-                await _exchange(p, reader, writer)
+            sink = _Expect(loop, p.expect, p.max_read_bytes)
+            await _exchange(loop, p, conn, sink, marks)
+        ok = True
+    except WireFailure as exc:
+        raise ProbeFailure(exc.reason, exc.message) from None
+    finally:
+        if conn is not None:
+            conn.close()
+        _record_phases(ctx, marks, p, sink)
+    if ok:
         # As for http: the target's time is its phases, not the exporter's turns between them.
         ctx.duration = sum(ctx.phases.values())
-    finally:
-        if writer is not None:
-            # abort(): a graceful TLS close could wait on a hostile peer.
-            writer.transport.abort()
-        else:
-            sock.close()
 
 
-async def _exchange(p: Tcp, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        if p.send is not None:
-            writer.write(p.send)
-            await writer.drain()
-        if p.expect is None:
+async def _exchange(
+    loop: asyncio.AbstractEventLoop, p: Tcp, conn: Conn, sink: _Expect, marks: Marks
+) -> None:
+    if p.send is not None:
+        try:
+            await conn.send(loop, p.send)
+        except ssl.SSLError as exc:
+            raise tls_failure(exc) from None
+        except OSError as exc:
+            raise WireFailure(Reason.RESET, f"connection lost: {exc.strerror}") from None
+        marks.sent = time.perf_counter()
+    if sink.pattern is not None:
+        await conn.stream(loop, sink)
+
+
+class _Expect:
+    """The peer's bytes, searched for the pattern as they arrive (up to max_read_bytes);
+    `matched_at` is the kernel's receive time of the read that completed the match."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, pattern: re.Pattern[bytes] | None, limit: int
+    ) -> None:
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.pattern = pattern
+        self.limit = limit
+        self.data = b""
+        self.matched_at: float | None = None
+
+    def received(self, data: bytes, at: float) -> None:
+        if self.done.done() or self.pattern is None:
             return
-        data = b""
-        while len(data) < p.max_read_bytes:
-            chunk = await reader.read(p.max_read_bytes - len(data))
-            if not chunk:
-                break
-            data += chunk
-            if p.expect.search(data):
-                return
-    except OSError as exc:
-        raise ProbeFailure(Reason.RESET, f"connection lost: {exc.strerror}") from None
-    pattern = p.expect.pattern.decode(errors="replace") if p.expect else ""
-    raise ProbeFailure(Reason.EXPECT, f"response does not match {pattern!r}")
+        self.data += data[: self.limit - len(self.data)]
+        if self.pattern.search(self.data):
+            self.matched_at = at
+            self.done.set_result(None)
+        elif len(self.data) >= self.limit:
+            self.closed(None)
+
+    def closed(self, exc: OSError | None) -> None:
+        if exc is not None and exc.errno:
+            self.fail(Reason.RESET, f"connection lost: {os.strerror(exc.errno)}")
+            return
+        pattern = self.pattern.pattern.decode(errors="replace") if self.pattern else ""
+        self.fail(Reason.EXPECT, f"response does not match {pattern!r}")
+
+    def fail(self, reason: Reason, message: str) -> None:
+        if self.done.done():
+            return
+        self.done.set_exception(WireFailure(reason, message))
+        # Nobody may be waiting any more (a timeout): do not log "exception never retrieved".
+        self.done.exception()
 
 
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+def _record_phases(ctx: ProbeContext, m: Marks, p: Tcp, sink: _Expect | None) -> None:
+    """dns, connect and tls stamped at the socket events (exporter/wire), then expect: from the
+    request written (or, with nothing to send, from the connection established on the wire)
+    to the kernel's receive time of the bytes that matched. One cut short ends now."""
+    end = time.perf_counter()
+    connection_phases(ctx.phases, m, end)
+    if sink is None or m.ready is None:
+        return
+    if sink.pattern is None:
+        # Send only: the time to hand the bytes to the kernel.
+        ctx.phases["expect"] = (m.sent if m.sent is not None else end) - m.ready
+        return
+    if p.send is not None:
+        start = m.sent if m.sent is not None else end
+    elif m.secure and m.tls_end is not None:
+        start = m.tls_end
+    else:
+        assert m.syn is not None  # ready implies connected
+        start = m.syn + ctx.phases["connect"]
+    until = sink.matched_at if sink.matched_at is not None else end
+    ctx.phases["expect"] = max(0.0, until - start)
 
 
 def describe(s: TcpSettings) -> str:

@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from exporter.metrics import DELAY_BUCKETS, START_DELAY, TLS_NOT_AFTER, SelfMetrics
-from exporter.probes import http as http_probe
 from exporter.resources import Resources
 from exporter.scheduler import Scheduler
+from exporter.wire import pool as wire_pool
 from tests.conftest import MakeConfig, one_service
 from tests.probes import hostile
 from tests.probes.conftest import (
@@ -327,7 +327,7 @@ async def test_kept_alive_connections_expire(
 ) -> None:
     seen, base = server
     probe = {"kind": "http", "url": f"{base}/ok", "keep_alive": True}
-    monkeypatch.setattr(http_probe, "_IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(wire_pool, "_IDLE_SECONDS", 0.05)
     assert (await run_probe(probe)).success
     await asyncio.sleep(0.1)
     assert (await run_probe(probe)).success
