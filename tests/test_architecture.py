@@ -1,4 +1,5 @@
-"""The shape of exporter/: no import circle, no module grown past what a reader can hold.
+"""The shape of exporter/: no import circle, no module grown past what a reader can hold; and of
+tests/: no test module imports another (shared servers and builders live in tests/support/).
 
 Edges are module-level imports, including those under `if TYPE_CHECKING:`: a circle through
 annotations is still a circle in the layering a newcomer reads, and mypy follows it. Imports
@@ -192,3 +193,68 @@ def test_each_probe_kind_is_one_module_and_classified() -> None:
         assert kind.votes_in_quorum is not None, name
         assert kind.ranks_images is not None, name
         assert set(COMMON_REASONS) <= set(kind.reasons), name
+
+
+TESTS = ROOT / "tests"
+TEST_MODULES = {_module(p): p for p in sorted(TESTS.rglob("test_*.py"))}
+
+
+def imported_test_modules(module: str, source: str) -> set[str]:
+    """The test modules that `source` (the text of `module`) imports, anywhere in the file.
+
+    Imports inside functions count here: a test module reached lazily still ties one test file's
+    fixtures and collection to another's.
+    """
+    package = module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            names.add(base)
+            # `from tests.probes import test_http` imports the module tests.probes.test_http.
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    found = set()
+    for name in names:
+        while name:
+            if name in TEST_MODULES and name != module:
+                found.add(name)
+            name = name.rpartition(".")[0]
+    return found
+
+
+def test_the_test_import_check_sees_each_form() -> None:
+    module = "tests.probes.test_tcp"
+    assert imported_test_modules(module, "from tests.test_config import BASE") == {
+        "tests.test_config"
+    }
+    assert imported_test_modules(module, "import tests.test_scheduler") == {"tests.test_scheduler"}
+    assert imported_test_modules(module, "from tests.probes import test_http") == {
+        "tests.probes.test_http"
+    }
+    assert imported_test_modules(module, "from .test_http import server") == {
+        "tests.probes.test_http"
+    }
+    assert imported_test_modules(module, "def f():\n    from tests import test_fuzz\n") == {
+        "tests.test_fuzz"
+    }
+    assert not imported_test_modules(module, "from tests.support.configs import BASE")
+    assert not imported_test_modules(module, "from tests.probes.conftest import RunProbe")
+
+
+def test_no_test_module_imports_another() -> None:
+    # A helper two test files share belongs in tests/support/ (or a conftest), so each test
+    # module can be read, moved and run on its own.
+    found = {
+        module: sorted(imported)
+        for module, path in TEST_MODULES.items()
+        if (imported := imported_test_modules(module, path.read_text()))
+    }
+    assert not found, (
+        f"test modules importing test modules (move the helper to tests/support/): {found}"
+    )

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from exporter import cli
+from tests.support.configs import config_text
 from tests.support.daemon import EXE, Samples, daemon, poll_metrics, probes_by_target, run
-from tests.test_scheduler import StartServer, config_text, counting_server
+from tests.support.servers import StartServer, counting_server
 
 __all__ = ["counting_server"]  # a fixture, re-exported for the tests below
 

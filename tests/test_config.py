@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,31 +10,9 @@ from exporter import config
 from exporter.fields import format_duration, parse_duration
 from exporter.probes import REGISTRY
 from exporter.source import ConfigError
+from tests.support.configs import BASE, errors
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "config.yml"
-BASE = """\
-vantage: eu
-services:
-  - name: shop
-    regions:
-      - {name: eu, role: primary, priority: 1}
-      - {name: us, role: standby, priority: 2}
-    images:
-      - {name: slim, ref: example/shop:slim}
-    targets:
-      - name: eu-slim
-        region: eu
-        image: slim
-        probe: {kind: http, url: "http://127.0.0.1:1/healthz"}
-"""
-
-
-def errors(tmp_path: Path, text: str) -> list[str]:
-    path = tmp_path / "c.yml"
-    path.write_text(textwrap.dedent(text))
-    with pytest.raises(ConfigError) as info:
-        config.load(path)
-    return [str(i).replace(str(path), "c.yml") for i in info.value.issues]
 
 
 class TestDurations:

@@ -23,7 +23,7 @@ from exporter.engine import Engine
 from exporter.model import Shard
 from exporter.source import ConfigError
 from tests.conftest import MakeClient
-from tests.test_fuzz import FUZZ, check_parse, dump, mutate, paths, values
+from tests.support.fuzz import FUZZ, check_parse, dump, mutate, paths, values
 
 BASE = """\
 vantage: eu

@@ -14,7 +14,7 @@ from exporter import web as handlers
 from exporter.engine import Engine
 from exporter.probes import REGISTRY
 from exporter.state import TargetState
-from tests.test_exposition import GOLDEN_CONFIG, fixed_result
+from tests.support.golden import GOLDEN_CONFIG, fixed_result
 
 TARGETS = 2000
 

@@ -21,7 +21,8 @@ from exporter.app import PROBE_CONCURRENCY
 from exporter.exposition import CONTENT_TYPE
 from exporter.scheduler import phase_offset
 from tests.conftest import MakeClient
-from tests.test_scheduler import CountingServer, StartServer, config_text, counting_server
+from tests.support.configs import config_text
+from tests.support.servers import CountingServer, StartServer, counting_server
 
 __all__ = ["counting_server"]  # a fixture, re-exported for the tests below
 

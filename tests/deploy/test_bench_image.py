@@ -1,8 +1,9 @@
 """deploy/bench.yml: `failover-exporter bench` measures the exporter's own image, built from
 deploy/Dockerfile, through Podman's Docker API: size and layers, cold starts, latency under load.
 
-The image is test_dockerfile's `exporter_image` fixture: the same build, which Podman's layer
-cache answers in seconds once that module (or an earlier run) has built it.
+The image is the `exporter_image` fixture of tests/support/exporter_image.py, test_dockerfile's
+too: the same build, which Podman's layer cache answers in seconds once that module (or an
+earlier run) has built it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import pytest
 import yaml
 
 from exporter import bench, config
-from tests.deploy.test_dockerfile import DOCKERFILE, exporter_image  # noqa: F401
 from tests.docker import *  # noqa: F403
 from tests.docker import podman
+from tests.support.exporter_image import DOCKERFILE, exporter_image  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_CONFIG = ROOT / "deploy" / "bench.yml"

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from tests.probes.conftest import RunProbe, http_server, url
+from tests.support.configs import BASE, errors
 from tests.support.proxy import Proxy, free_port, tinyproxy
-from tests.test_config import BASE, errors
 
 # tinyproxy takes a password without spaces.
 USER, PASSWORD = "probe", "Pr0xyPassw0rd-x"

@@ -13,7 +13,7 @@ import pytest
 
 from exporter.scheduler import Scheduler
 from tests.probes.conftest import MakeTarget, RunProbe
-from tests.probes.test_http import Seen, server
+from tests.support.http_app import Seen, server
 
 __all__ = ["server"]  # a fixture, re-exported for the tests below
 
