@@ -244,20 +244,3 @@ def test_clock_offset_skips_a_preempted_reading(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(time, "perf_counter", lambda: next(perf))
     monkeypatch.setattr(time, "time", lambda: next(wall))
     assert clock_offset() == 1010.000001 - 20.000001
-
-
-async def test_one_reader_registration_per_connection(echo: int) -> None:
-    loop = asyncio.get_running_loop()
-    marks = Marks()
-    conn = await connect(
-        loop, literal_addresses("127.0.0.1", echo, socket.AF_INET), "here", marks, Reason.CONNECT
-    )
-    try:
-        # Taken as the connect's writer went, so the fd's poll handle carries over to the reads.
-        assert conn.watching
-        await conn.send(loop, b"ping\n")
-        await conn.stream(loop, Collect(loop, b"ping\n"))
-        assert not conn.watching
-        assert not loop.remove_reader(conn.fd)  # nothing left registered on the loop
-    finally:
-        conn.close()
