@@ -27,7 +27,6 @@ from exporter.wire.timestamps import (
     clock_offset,
     handshake_rtt,
     kernel_time_ns,
-    tcp_info,
 )
 
 
@@ -105,32 +104,14 @@ class Conn:
     """One connection on a bare non-blocking socket; TLS runs in memory (ssl.MemoryBIO), so every
     byte is read here with its kernel receive time, plain or encrypted."""
 
-    __slots__ = (
-        "fd",
-        "incoming",
-        "loop",
-        "offset",
-        "outgoing",
-        "sink",
-        "sock",
-        "tls",
-        "waiter",
-        "watching",
-    )
+    __slots__ = ("fd", "incoming", "offset", "outgoing", "sock", "tls")
 
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.loop = loop
         self.tls: ssl.SSLObject | None = None
         self.incoming = self.outgoing = ssl.MemoryBIO()
         self.offset = 0.0
-        # One reader registration serves the whole connection (handshake waits, the response):
-        # who it wakes is `sink` (fed) or `waiter` (set). Registering it per wait cost uvloop
-        # a new poll handle each time: epoll_ctl add, probe, delete and an ioctl per handle.
-        self.sink: Sink | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self.watching = False
         self.sync_clock()
 
     def sync_clock(self) -> None:
@@ -140,40 +121,7 @@ class Conn:
         self.offset = clock_offset()
 
     def close(self) -> None:
-        self.unwatch()
         self.sock.close()
-
-    def watch(self) -> None:
-        if not self.watching:
-            self.loop.add_reader(self.fd, self._on_readable)
-            self.watching = True
-
-    def unwatch(self) -> None:
-        if self.watching:
-            self.watching = False
-            self.loop.remove_reader(self.fd)
-
-    def _on_readable(self) -> None:
-        if self.sink is not None:
-            self.feed(self.sink)
-        elif self.waiter is not None:
-            if not self.waiter.done():
-                self.waiter.set_result(None)
-        else:
-            # Nobody reads now: readiness is level-triggered, it would call back every turn.
-            self.unwatch()
-
-    async def writable(self) -> None:
-        """Wait until the socket is writable (a connect finished, or failed)."""
-        waiter = self.loop.create_future()
-        self.loop.add_writer(self.fd, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            # The reader before the writer goes: uvloop (libuv) keeps the fd's poll handle while
-            # either is registered, so the reads that follow reuse it.
-            self.watch()
-            self.loop.remove_writer(self.fd)
 
     def read(self) -> tuple[bytes, float] | None:
         """One read of what the socket holds and its kernel time; None when nothing is there."""
@@ -194,12 +142,7 @@ class Conn:
             got = self.read()
             if got is not None:
                 return got
-            self.waiter = loop.create_future()
-            self.watch()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+            await wait(loop, self.fd, loop.add_reader, loop.remove_reader)
 
     async def send(self, loop: asyncio.AbstractEventLoop, data: bytes) -> None:
         if self.tls is not None:
@@ -302,13 +245,11 @@ class Conn:
 
     async def stream(self, loop: asyncio.AbstractEventLoop, sink: Sink) -> None:
         """Feed the sink from the reader callback until it is done."""
-        self.sink = sink
-        self.watch()
+        loop.add_reader(self.fd, self.feed, sink)
         try:
             await sink.done
         finally:
-            self.sink = None
-            self.unwatch()
+            loop.remove_reader(self.fd)
 
     def idle_and_open(self) -> bool:
         """A kept-alive connection may be reused: nothing arrived and the server did not close."""
@@ -389,30 +330,26 @@ async def connect(
         marks.tcp = time.perf_counter()
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         marks.handshake = handshake_rtt(sock, sock.family)
-        return Conn(sock, loop)
+        return Conn(sock)
     family, _, proto, _, address = infos[0]
     # Non-blocking from socket(2) on: no separate ioctl per probe.
     sock = socket.socket(family, _NONBLOCKING_STREAM, proto)
-    conn = Conn(sock, loop)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         marks.syn = time.perf_counter()
         err = sock.connect_ex(address)
         if err == errno.EINPROGRESS:
-            await conn.writable()
-        # One getsockopt: TCP_INFO says whether the handshake finished and its RTT; SO_ERROR
-        # is asked only when it did not.
-        established, marks.handshake = tcp_info(sock, family)
-        if err == errno.EINPROGRESS:
-            err = 0 if established else sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            await wait(loop, sock.fileno(), loop.add_writer, loop.remove_writer)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             why = os.strerror(err).lower()
             raise WireFailure(reason, f"cannot connect to {where}: {why}")
     except BaseException:
-        conn.close()
+        sock.close()
         raise
     marks.tcp = time.perf_counter()
-    return conn
+    marks.handshake = handshake_rtt(sock, family)
+    return Conn(sock)
 
 
 async def secure(

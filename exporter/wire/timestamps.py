@@ -34,26 +34,6 @@ _TCPI_RTT_OFFSET = 8 + 15 * 4
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
 
-_TCP_ESTABLISHED = 1
-
-
-def tcp_info(sock: socket.socket, family: int) -> tuple[bool, float | None]:
-    """(the handshake finished, its RTT as for `handshake_rtt`), from one getsockopt."""
-    if _TCP_INFO is None or family not in (socket.AF_INET, socket.AF_INET6):
-        return False, None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_RTT_OFFSET + 4)
-    except OSError:
-        return False, None
-    if len(info) < _TCPI_RTT_OFFSET + 4:
-        return False, None
-    # tcpi_state is the first byte; a connection past ESTABLISHED (the peer closed at once,
-    # say) did connect too, but SO_ERROR then tells the same and is asked.
-    established = info[0] == _TCP_ESTABLISHED
-    (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
-    return established, (rtt_us / 1e6 if rtt_us and established else None)
-
-
 def handshake_rtt(sock: socket.socket, family: int) -> float | None:
     """SYN -> SYN-ACK as the kernel measured it (its first RTT sample, in microseconds).
 
