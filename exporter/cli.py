@@ -11,9 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporter import __version__, bench, config, webconfig
+from exporter import __version__, config, webconfig
 from exporter import log as logsetup
 from exporter.app import loop_factory, run_async, serve
+from exporter.commands import bench
 from exporter.config import ConfigError
 from exporter.engine import Engine
 from exporter.fields import split_host_port

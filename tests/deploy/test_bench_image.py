@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import bench, config
+from exporter import config
+from exporter.commands import bench
 from tests.deploy.test_dockerfile import DOCKERFILE, exporter_image  # noqa: F401
 from tests.docker import *  # noqa: F403
 from tests.docker import podman

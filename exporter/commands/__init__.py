@@ -1,0 +1,1 @@
+"""Subcommands that are programs of their own: demo, drill, bench (image ranking)."""
