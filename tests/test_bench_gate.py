@@ -13,9 +13,12 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.docker import *  # noqa: F403
 from tests.docker import containers_of, worker_id
+from tests.support.pushgateway import pushgateway, scrape
+from tests.tools import need
 
 GATE_IMAGE = Path(__file__).parent / "data" / "bench-gate"
 
@@ -116,8 +119,38 @@ def test_gate_passes_an_unchanged_rebuild_and_fails_a_regression(
     junit, md = tmp_path / "bench.xml", tmp_path / "bench.md"
     common = ("--service", "svc", "--build", *LOAD)
     try:
-        proc = _bench("--config", str(same), *common, "--json", str(base), timeout=240)
-        assert proc.returncode == 0, proc.stderr + proc.stdout
+        # The baseline run also publishes: a textfile and a push to a real Pushgateway.
+        prom = tmp_path / "bench.prom"
+        with pushgateway(tmp_path) as gw:
+            proc = _bench(
+                *("--config", str(same), *common, "--json", str(base)),
+                *("--textfile", str(prom), "--pushgateway", gw),
+                timeout=240,
+            )
+            assert proc.returncode == 0, proc.stderr + proc.stdout
+            pushed = scrape(gw)
+        check = subprocess.run(
+            [need("promtool"), "check", "metrics"],
+            input=prom.read_text(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        (variant,) = json.loads(base.read_text())["variants"]
+        for text in (prom.read_text(), pushed):
+            got = {
+                s.name: s
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples
+                if s.name.startswith("failover_bench_")
+            }
+            assert got["failover_bench_rank"].value == 1
+            assert got["failover_bench_image_size_bytes"].value == variant["size_bytes"]
+            assert got["failover_bench_latency_p95_seconds"].value == variant["latency_p95"]
+            labels = got["failover_bench_rank"].labels
+            assert (labels["service"], labels["image"], labels["region"]) == ("svc", "app", "r1")
+        assert got["failover_bench_rank"].labels["job"] == "failover_bench"
 
         # Unchanged rebuild (no cache: a real rebuild, not the cached image): passes.
         gate = ("--baseline", str(base), "--max-regression", THRESHOLDS)
