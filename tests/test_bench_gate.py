@@ -155,10 +155,17 @@ def test_gate_passes_an_unchanged_rebuild_and_fails_a_regression(
         # Unchanged rebuild (no cache: a real rebuild, not the cached image): passes.
         gate = ("--baseline", str(base), "--max-regression", THRESHOLDS)
         outputs = ("--json", str(out), "--junit", str(junit), "--markdown", str(md))
-        proc = _bench("--config", str(same), *common, "--no-cache", *gate, *outputs, timeout=240)
+        # Adaptive runs: up to 6, but three [min, max] runs already reach the 70 % asked for,
+        # and any width is within ±10000 %: it stops at --runs.
+        adaptive = ("--max-runs", "6", "--confidence", "0.7", "--precision", "100")
+        proc = _bench(
+            *("--config", str(same), *common, "--no-cache", *adaptive, *gate, *outputs),
+            timeout=240,
+        )
         assert proc.returncode == 0, proc.stderr + proc.stdout
         assert "gate: passed" in proc.stdout
         doc = json.loads(out.read_text())
+        assert (doc["max_runs"], doc["variants"][0]["runs"]) == (6, 3)
         assert {(c["metric"], c["failed"]) for c in doc["gate"]} == {
             ("p95", False),
             ("size", False),

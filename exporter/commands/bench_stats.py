@@ -4,13 +4,14 @@ no Docker, no randomness, so the tests check them with fixed samples.
 
 Method. A variant is measured in independent runs (a fresh container each), and each run yields
 one figure per metric (its cold start, the p50 and p95 of its requests under load). The estimate
-is the median of the per-run figures; its interval is the distribution-free confidence interval of
-the median from binomial order statistics: for sorted runs x(1) <= ... <= x(n), the interval
-[x(k), x(n+1-k)] covers the true median with probability 1 - 2 * P(Binomial(n, 1/2) <= k - 1),
-whatever the distribution. The narrowest such interval whose coverage reaches the requested level
-is taken; with too few runs for that level (fewer than 6 runs for 95 %) it is [min, max] and the
-coverage it does reach is reported, so a short bench says how little it knows. A figure that does
-not vary (image size, layers) is exact: its interval is the value itself.
+is the nearest-rank median of the per-run figures (so always a measured run); its interval is the
+distribution-free confidence interval of the median from binomial order statistics: for sorted
+runs x(1) <= ... <= x(n), the interval [x(k), x(n+1-k)] covers the true median with probability
+1 - 2 * P(Binomial(n, 1/2) <= k - 1), whatever the distribution. The narrowest such interval
+whose coverage reaches the requested level is taken; with too few runs for that level (fewer
+than 6 runs for 95 %) it is [min, max] and the coverage it does reach is reported, so a short
+bench says how little it knows. A figure that does not vary (image size, layers) is exact: its
+interval is the value itself.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def estimate(samples: Sequence[float], confidence: float = CONFIDENCE) -> Estima
     if not samples:
         return None
     interval = median_interval(samples, confidence)
-    value = statistics.median(samples)
+    # The nearest-rank median, like every quantile in the project: always a measured run.
+    value = statistics.median_low(samples)
     if interval is None:
         return Estimate(value, None, None, len(samples), 0.0)
     low, high, coverage = interval
