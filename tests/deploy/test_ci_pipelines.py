@@ -225,6 +225,21 @@ def test_gitlab_job_is_well_formed() -> None:
     assert '$CI_PIPELINE_SOURCE == "merge_request_event"' in rules
 
 
+def test_gitlab_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    """GitLab runs before_script and script in one POSIX shell: checked as one sh script."""
+    job = yaml.safe_load(GITLAB.read_text())["bench"]
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\n" + "\n".join(job["before_script"] + job["script"]) + "\n")
+    proc = subprocess.run(
+        [need("shellcheck"), "-s", "sh", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_gitlab_config_rewrite_gives_a_loadable_config(tmp_path: Path) -> None:
     job = yaml.safe_load(GITLAB.read_text())["bench"]
     (rewrite,) = [line for line in job["before_script"] if line.startswith("sed ")]
