@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporter import __version__, bench, config, flags
+from exporter import __version__, config, flags
 from exporter import log as logsetup
 from exporter.app import loop_factory, run_async, serve
+from exporter.commands import bench
 from exporter.engine import Engine
 from exporter.flags import parse_listen
 from exporter.source import ConfigError

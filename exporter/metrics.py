@@ -28,6 +28,8 @@ class Scope(StrEnum):
     REGION = "region"
     IMAGE = "image"
     EXPORTER = "exporter"
+    # Written by `failover-exporter bench` (textfile or Pushgateway), never exposed by /metrics.
+    BENCH = "bench"
 
 
 # Label names on every per-target series. `target_region`, not `region`: `region` clashes with
@@ -492,6 +494,81 @@ TASKS = MetricSpec(
     Scope.EXPORTER,
 )
 
+# -- bench: the last `failover-exporter bench` run per variant, for dashboards next to the live
+# figures. Written with `bench --textfile` (node_exporter's textfile collector) or pushed with
+# `bench --pushgateway` (job="failover_bench"); the exporter's /metrics never has them. `region`
+# is the region whose Docker endpoint ran the bench (no per-target labels: nothing is probed).
+BENCH_REGION: Final = "region"
+BENCH_LABELS: Final = (SERVICE, IMAGE, BENCH_REGION)
+_BENCH_RUNS = "median over bench runs (a fresh container each)"
+BENCH_LATENCY_P50 = MetricSpec(
+    "failover_bench_latency_p50_seconds",
+    Type.GAUGE,
+    f"Last bench: p50 latency under load, {_BENCH_RUNS} of each run's p50.",
+    Scope.BENCH,
+    BENCH_LABELS,
+)
+BENCH_LATENCY_P95 = MetricSpec(
+    "failover_bench_latency_p95_seconds",
+    Type.GAUGE,
+    f"Last bench: p95 latency under load, {_BENCH_RUNS} of each run's p95 (the ranking metric).",
+    Scope.BENCH,
+    BENCH_LABELS,
+)
+BENCH_COLD_START = MetricSpec(
+    "failover_bench_cold_start_seconds",
+    Type.GAUGE,
+    f"Last bench: container create -> ready, {_BENCH_RUNS}; excludes any pull.",
+    Scope.BENCH,
+    BENCH_LABELS,
+)
+BENCH_PULL = MetricSpec(
+    "failover_bench_pull_seconds",
+    Type.GAUGE,
+    "Last bench: image pull time, when the bench had to pull the image (absent otherwise).",
+    Scope.BENCH,
+    BENCH_LABELS,
+)
+BENCH_IMAGE_SIZE = MetricSpec(
+    "failover_bench_image_size_bytes",
+    Type.GAUGE,
+    "Last bench: image size as the Docker endpoint reports it (uncompressed).",
+    Scope.BENCH,
+    BENCH_LABELS,
+)
+BENCH_IMAGE_LAYERS = MetricSpec(
+    "failover_bench_image_layers",
+    Type.GAUGE,
+    "Last bench: number of layers in the image's root filesystem.",
+    Scope.BENCH,
+    BENCH_LABELS,
+)
+BENCH_RANK = MetricSpec(
+    "failover_bench_rank",
+    Type.GAUGE,
+    "Last bench: rank by p95 latency (1 = fastest); tied variants (overlapping confidence "
+    "intervals) share a rank. Absent for a variant that failed.",
+    Scope.BENCH,
+    BENCH_LABELS,
+)
+BENCH_TIMESTAMP = MetricSpec(
+    "failover_bench_timestamp_seconds",
+    Type.GAUGE,
+    "Unix time the bench of this variant finished.",
+    Scope.BENCH,
+    BENCH_LABELS,
+)
+BENCH_FAMILIES: Final = (
+    BENCH_LATENCY_P50,
+    BENCH_LATENCY_P95,
+    BENCH_COLD_START,
+    BENCH_PULL,
+    BENCH_IMAGE_SIZE,
+    BENCH_IMAGE_LAYERS,
+    BENCH_RANK,
+    BENCH_TIMESTAMP,
+)
+
 CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     PROBE_SUCCESS,
     PROBE_DURATION,
@@ -541,6 +618,7 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     MAX_CONCURRENCY,
     OVERLOADED,
     TASKS,
+    *BENCH_FAMILIES,
 )
 BY_NAME: Final = {m.name: m for m in CATALOGUE}
 TARGET_FAMILIES: Final = tuple(m for m in CATALOGUE if m.scope is Scope.TARGET)

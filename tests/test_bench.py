@@ -79,13 +79,22 @@ services:
         report = json.loads(out_json.read_text())
         variants = report["variants"]
         assert [v["image"] for v in variants] == ["minimal", "slim", "full"], proc.stdout
-        assert [v["rank"] for v in variants] == [1, 2, 3]
+        # Two runs give [min, max] intervals (50 % coverage): a loaded machine can make slim and
+        # full overlap, and then the honest answer is a tie, shown as "=2".
+        ranks = [v["rank"] for v in variants]
+        assert ranks in ([1, 2, 3], [1, 2, 2]), proc.stdout
         for v in variants:
             (inspect,) = json.loads(podman("image", "inspect", v["ref"]))
             assert v["size_bytes"] == inspect["Size"]
             assert v["layers"] == len(inspect["RootFS"]["Layers"])
             assert v["build_seconds"] > 0
             assert len(v["cold_start_seconds"]) == 2
+            assert v["runs"] == 2
+            est = v["estimates"]["latency_p95"]
+            assert est["low"] <= est["value"] <= est["high"]
+            assert est["value"] == v["latency_p95"]
+            assert est["confidence"] == 0.5
+            assert v["estimates"]["size"]["value"] == inspect["Size"]
             assert v["errors"] == 0
             assert v["latency_p50"] <= v["latency_p95"] <= v["latency_p99"]
         by_name = {v["image"]: v for v in variants}
@@ -96,14 +105,15 @@ services:
         # The table: header, one ranked row per variant in order, and the rule beneath.
         lines = proc.stdout.splitlines()
         assert lines[0].split()[:2] == ["rank", "image"]
+        marks = ["1", "2", "3"] if ranks == [1, 2, 3] else ["1", "=2", "=2"]
         assert [line.split()[:2] for line in lines[1:4]] == [
-            ["1", "minimal"],
-            ["2", "slim"],
-            ["3", "full"],
+            [marks[0], "minimal"],
+            [marks[1], "slim"],
+            [marks[2], "full"],
         ]
         assert "Ranked by p95 latency" in proc.stdout
         # Progress went to stderr, not into the table.
-        assert "cold start 2/2" in proc.stderr
+        assert "run 2/2: cold start" in proc.stderr
         assert containers_of(docker_client, "") == []
         leftovers = docker_client.api.containers(
             all=True, filters={"label": "io.failover-exporter.target=bench:full"}

@@ -1,8 +1,10 @@
 """`failover-exporter bench`: build and run each image variant of a service, rank by latency.
 
-For each variant: optional build (timed), size and layers, N cold starts (median, p95), then
-latency under load against one running container (N requests at fixed concurrency). Ranked by
-p95 latency; containers are removed whatever happens, like the cold_start probe's.
+For each variant: optional build (timed), size and layers, then runs: each a fresh container
+(its cold start timed) loaded with N requests at fixed concurrency (its p50/p95). Per metric the
+median over runs with a confidence interval (bench_stats), ranked by p95 latency with ties where
+intervals overlap; optionally gated against a baseline (bench_gate) and published (bench_report,
+bench_publish). Containers are removed whatever happens, like the cold_start probe's.
 """
 
 from __future__ import annotations
@@ -10,9 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
-import math
 import os
 import socket
 import sys
@@ -24,6 +24,9 @@ from typing import Any, TextIO
 import aiohttp
 
 from exporter import config
+from exporter.commands import bench_gate, bench_publish, bench_report
+from exporter.commands.bench_results import Options, VariantResult, quantile, rank, summarize
+from exporter.commands.bench_stats import Estimate, estimate, precise_enough
 from exporter.docker.client import DockerError, DockerHandle
 from exporter.docker.containers import ensure_image, started_container
 from exporter.docker.settings import DockerSettings
@@ -31,67 +34,7 @@ from exporter.model import Config, Image, Region
 from exporter.resources import Resources
 from exporter.source import ConfigError
 
-RANKING_RULE = (
-    "Ranked by p95 latency under load (lower is better); ties by median cold start. "
-    "Variants that failed are listed last."
-)
 BUILD_TIMEOUT = 1800.0
-
-
-@dataclasses.dataclass
-class Options:
-    service: str
-    region: str | None = None
-    runs: int = 5
-    requests: int = 200
-    concurrency: int = 8
-    build: bool = False
-    no_cache: bool = False
-    path: str | None = None
-    timeout: float = 60.0
-
-
-@dataclasses.dataclass
-class VariantResult:
-    image: str
-    ref: str
-    build_seconds: float | None = None
-    pull_seconds: float | None = None
-    size_bytes: int | None = None
-    layers: int | None = None
-    cold_start_seconds: list[float] = dataclasses.field(default_factory=list)
-    cold_start_median: float | None = None
-    cold_start_p95: float | None = None
-    requests: int = 0
-    errors: int = 0
-    latency_p50: float | None = None
-    latency_p95: float | None = None
-    latency_p99: float | None = None
-    error: str | None = None
-    rank: int | None = None
-
-
-def quantile(values: list[float], q: float) -> float | None:
-    """Nearest-rank quantile: always one of the measured values."""
-    if not values:
-        return None
-    data = sorted(values)
-    return data[max(0, math.ceil(q * len(data)) - 1)]
-
-
-def rank(results: list[VariantResult]) -> list[VariantResult]:
-    def key(r: VariantResult) -> tuple[bool, float, float, str]:
-        return (
-            r.error is not None or r.latency_p95 is None,
-            r.latency_p95 if r.latency_p95 is not None else math.inf,
-            r.cold_start_median if r.cold_start_median is not None else math.inf,
-            r.image,
-        )
-
-    ranked = sorted(results, key=key)
-    for i, r in enumerate(ranked, 1):
-        r.rank = i if r.error is None and r.latency_p95 is not None else None
-    return ranked
 
 
 class Progress:
@@ -210,33 +153,42 @@ async def bench_variant(
         if run is None:
             raise DockerError(f"image {image.name!r} has no run settings (images[].run.port)")
         target = f"bench:{image.name}"
-        for i in range(opts.runs):
-            async with (
-                asyncio.timeout(opts.timeout),
-                started_container(handle, image.ref, run, target) as started,
-            ):
-                res.cold_start_seconds.append(started.cold_start)
-            progress(f"[{image.name}] cold start {i + 1}/{opts.runs}: {started.cold_start:.3f}s")
-        res.cold_start_median = quantile(res.cold_start_seconds, 0.5)
-        res.cold_start_p95 = quantile(res.cold_start_seconds, 0.95)
         path = opts.path or run.readiness.path
-        progress(
-            f"[{image.name}] {opts.requests} requests at concurrency {opts.concurrency} to {path}"
-        )
-        async with contextlib.AsyncExitStack() as stack:
-            async with asyncio.timeout(opts.timeout):
-                started = await stack.enter_async_context(
-                    started_container(handle, image.ref, run, target)
+        for i in range(opts.max_runs):
+            # Each run a fresh container: its cold start, then its latency under load, so runs
+            # are independent samples of both (what the intervals assume).
+            async with contextlib.AsyncExitStack() as stack:
+                async with asyncio.timeout(opts.timeout):
+                    started = await stack.enter_async_context(
+                        started_container(handle, image.ref, run, target)
+                    )
+                res.cold_start_seconds.append(started.cold_start)
+                latencies, errors = await _load(
+                    started.host, started.port, path, opts.requests, opts.concurrency
                 )
-            latencies, errors = await _load(
-                started.host, started.port, path, opts.requests, opts.concurrency
+            res.runs += 1
+            res.requests += opts.requests
+            res.errors += errors
+            if not latencies:
+                raise DockerError(f"all {opts.requests} requests to {path} failed in run {i + 1}")
+            for q, into in (
+                (0.5, res.latency_p50_runs),
+                (0.95, res.latency_p95_runs),
+                (0.99, res.latency_p99_runs),
+            ):
+                value = quantile(latencies, q)
+                assert value is not None
+                into.append(value)
+            progress(
+                f"[{image.name}] run {i + 1}/{opts.max_runs}: "
+                f"cold start {started.cold_start:.3f}s, "
+                f"p95 {res.latency_p95_runs[-1] * 1000:.1f}ms "
+                f"({opts.requests} requests at concurrency {opts.concurrency} to {path})"
             )
-        res.requests, res.errors = opts.requests, errors
-        res.latency_p50 = quantile(latencies, 0.5)
-        res.latency_p95 = quantile(latencies, 0.95)
-        res.latency_p99 = quantile(latencies, 0.99)
-        if not latencies:
-            res.error = f"all {opts.requests} requests failed"
+            if res.runs >= opts.runs and precise_enough(
+                estimate(res.latency_p95_runs, opts.confidence), opts.precision, opts.confidence
+            ):
+                break
     except DockerError as exc:
         res.error = exc.message
     except TimeoutError:
@@ -245,6 +197,7 @@ async def bench_variant(
         # The Docker SDK raises TypeError/ValueError/requests errors of its own; the row says
         # which, and the remaining variants are still measured and ranked.
         res.error = f"{type(exc).__name__}: {exc}"
+    summarize(res, opts.confidence)
     return res
 
 
@@ -272,85 +225,41 @@ async def run_bench(
     return region, rank(results)
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v * 1000:.2f}"
-
-
-def _s(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
-
-
-def table(results: list[VariantResult], opts: Options) -> str:
-    head = (
-        "rank",
-        "image",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "errors",
-        "cold start p50 s",
-        "cold start p95 s",
-        "size MB",
-        "layers",
-        "build s",
-    )
-    rows = [head]
-    for r in results:
-        rows.append(
-            (
-                str(r.rank) if r.rank is not None else "-",
-                r.image,
-                _ms(r.latency_p50),
-                _ms(r.latency_p95),
-                _ms(r.latency_p99),
-                f"{r.errors}/{r.requests}",
-                _s(r.cold_start_median),
-                _s(r.cold_start_p95),
-                "-" if r.size_bytes is None else f"{r.size_bytes / 1e6:.1f}",
-                "-" if r.layers is None else str(r.layers),
-                _s(r.build_seconds),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    lines.append("")
-    lines.append(
-        f"{RANKING_RULE} Load: {opts.requests} requests at concurrency {opts.concurrency}; "
-        f"cold start: {opts.runs} runs."
-    )
-    for r in results:
-        if r.error is not None:
-            lines.append(f"{r.image}: FAILED: {r.error}")
-    return "\n".join(lines) + "\n"
-
-
-def report(region: Region, results: list[VariantResult], opts: Options) -> dict[str, Any]:
-    return {
-        "service": opts.service,
-        "region": region.name,
-        "docker": region.docker.host if region.docker else None,
-        "runs": opts.runs,
-        "requests": opts.requests,
-        "concurrency": opts.concurrency,
-        "ranking_rule": RANKING_RULE,
-        "variants": [dataclasses.asdict(r) for r in results],
-    }
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Build and/or run each image variant of a service on its region's Docker endpoint; "
-        "measure build time, size, layers, cold start and latency under load; print a table "
-        "ranked by p95 latency."
+        "per run (a fresh container) measure cold start and latency under load; report each "
+        "metric's median over runs with a confidence interval, rank by p95 latency with ties, "
+        "optionally gate against a baseline and publish the results to Prometheus."
+    )
+    p.epilog = (
+        "Exit status: 0 all variants ran (and the gate passed); 1 a variant failed, a "
+        "significant regression, or publishing failed; 2 bad flags or baseline file."
     )
     p.add_argument("--config", required=True, metavar="FILE", help="YAML config")
     p.add_argument("--service", required=True, help="service whose images to compare")
     p.add_argument("--region", help="region whose docker endpoint to use (default: first)")
-    p.add_argument("--runs", type=int, default=5, help="cold starts per variant (5)")
-    p.add_argument("--requests", type=int, default=200, help="requests per variant (200)")
+    p.add_argument(
+        "--runs", type=int, default=6, help="runs per variant, each a fresh container (6)"
+    )
+    p.add_argument(
+        "--max-runs",
+        dest="max_runs",
+        type=int,
+        metavar="N",
+        help="adaptive: after --runs, keep running until the p95 interval reaches --confidence "
+        "and ±--precision, at most N runs (default: --runs, no adaptive runs)",
+    )
+    p.add_argument(
+        "--precision",
+        type=float,
+        default=0.05,
+        help="adaptive stop: interval half-width relative to the p95 estimate (0.05)",
+    )
+    p.add_argument(
+        "--confidence", type=float, default=0.95, help="interval coverage to aim for (0.95)"
+    )
+    p.add_argument("--requests", type=int, default=200, help="requests per run (200)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
     p.add_argument("--build", action="store_true", help="build images that have a dockerfile")
     p.add_argument("--no-cache", dest="no_cache", action="store_true", help="build without cache")
@@ -361,15 +270,80 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json",
         metavar="FILE",
-        help="also write the results as JSON ('-': stdout, and the table to stderr)",
+        help="also write the results as JSON ('-': stdout, and the table to stderr); "
+        "the file is what --baseline reads",
+    )
+    p.add_argument("--baseline", metavar="FILE", help="a stored --json result to compare with")
+    p.add_argument(
+        "--max-regression",
+        dest="max_regression",
+        metavar="SPEC",
+        default=bench_gate.DEFAULT_MAX_REGRESSION,
+        help="with --baseline: METRIC=N%%,... for "
+        f"{', '.join(bench_gate.METRICS)} (%(default)s); fails only "
+        "on a significant regression",
+    )
+    p.add_argument("--junit", metavar="FILE", help="write JUnit XML (a case per variant/metric)")
+    p.add_argument("--markdown", metavar="FILE", help="write a Markdown summary (CI job summary)")
+    p.add_argument(
+        "--textfile",
+        metavar="FILE",
+        help="write the results for node_exporter's textfile collector",
+    )
+    p.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help=f"push the results to a Pushgateway (job={bench_publish.JOB})",
     )
 
 
-def main(args: argparse.Namespace) -> int:
+def _fail(message: str) -> int:
+    print(f"failover-exporter bench: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
     for name in ("runs", "requests", "concurrency"):
         if getattr(args, name) < 1:
-            print(f"failover-exporter bench: --{name} must be at least 1", file=sys.stderr)
-            return 2
+            return f"--{name} must be at least 1"
+    if args.max_runs is not None and args.max_runs < args.runs:
+        return f"--max-runs {args.max_runs} is less than --runs {args.runs}"
+    if not 0 < args.confidence < 1:
+        return f"--confidence {args.confidence:g}: must be between 0 and 1"
+    if not args.precision > 0:
+        return f"--precision {args.precision:g}: must be above 0"
+    for flag in ("json", "junit", "markdown", "textfile"):
+        path = getattr(args, flag)
+        if path and path != "-" and not Path(path).resolve().parent.is_dir():
+            return f"--{flag} {path}: directory {Path(path).resolve().parent} does not exist"
+    if args.pushgateway:
+        return bench_publish.check_pushgateway_url(args.pushgateway)
+    return None
+
+
+def _write(flag: str, path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise bench_publish.PublishError(
+            f"--{flag} {path}: cannot write: {exc.strerror or exc}"
+        ) from None
+
+
+def main(args: argparse.Namespace) -> int:
+    problem = _check_args(args)
+    if problem is not None:
+        return _fail(problem)
+    thresholds: dict[str, float] = {}
+    baseline: dict[str, dict[str, Estimate]] | None = None
+    try:
+        if args.baseline:
+            thresholds = bench_gate.parse_thresholds(args.max_regression)
+            baseline = bench_gate.load_baseline(args.baseline)
+        elif args.max_regression != bench_gate.DEFAULT_MAX_REGRESSION:
+            return _fail("--max-regression needs --baseline FILE")
+    except bench_gate.GateError as exc:
+        return _fail(str(exc))
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:
@@ -379,6 +353,9 @@ def main(args: argparse.Namespace) -> int:
         service=args.service,
         region=args.region,
         runs=args.runs,
+        max_runs=args.max_runs or args.runs,
+        precision=args.precision,
+        confidence=args.confidence,
         requests=args.requests,
         concurrency=args.concurrency,
         build=args.build,
@@ -389,14 +366,43 @@ def main(args: argparse.Namespace) -> int:
     try:
         region, results = asyncio.run(run_bench(cfg, opts, Progress(sys.stderr)))
     except ValueError as exc:
-        print(f"failover-exporter bench: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    finished = time.time()
+    checks: list[bench_gate.Check] = []
+    if baseline is not None:
+        current = {r.image: r.estimates for r in results if r.error is None}
+        checks = bench_gate.gate(baseline, current, thresholds)
+    docker = region.docker.host if region.docker else None
     # JSON on stdout is for a pipe (`| jq`): then the table goes to stderr.
-    (sys.stderr if args.json == "-" else sys.stdout).write(table(results, opts))
-    if args.json:
-        text = json.dumps(report(region, results, opts), indent=2) + "\n"
-        if args.json == "-":
-            sys.stdout.write(text)
-        else:
-            Path(args.json).write_text(text)
-    return 0 if all(r.error is None for r in results) else 1
+    (sys.stderr if args.json == "-" else sys.stdout).write(
+        bench_report.table(results, opts, checks)
+    )
+    status = 0 if all(r.error is None for r in results) else 1
+    if any(c.failed for c in checks):
+        status = 1
+    try:
+        if args.json:
+            doc = bench_report.report(opts.service, region.name, docker, results, opts, checks)
+            text = json.dumps(doc, indent=2) + "\n"
+            if args.json == "-":
+                sys.stdout.write(text)
+            else:
+                _write("json", args.json, text)
+        if args.markdown:
+            _write(
+                "markdown",
+                args.markdown,
+                bench_report.markdown(opts.service, results, opts, checks),
+            )
+        if args.junit:
+            _write("junit", args.junit, bench_report.junit(opts.service, results, checks))
+        if args.textfile or args.pushgateway:
+            reg = bench_publish.registry(opts.service, region.name, results, finished)
+            if args.textfile:
+                bench_publish.write_textfile(args.textfile, reg)
+            if args.pushgateway:
+                bench_publish.push(args.pushgateway, opts.service, region.name, reg, 30.0)
+    except bench_publish.PublishError as exc:
+        print(f"failover-exporter bench: {exc}", file=sys.stderr)
+        return 1
+    return status
