@@ -205,27 +205,47 @@ def worker_id() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+def _dangling() -> set[str]:
+    out = podman("images", "-q", "--no-trunc", "--filter", "dangling=true", timeout=60)
+    return set(out.split())
+
+
 @pytest.fixture(scope="session")
-def test_images(base_image: str) -> dict[str, str]:
-    """The three variants under tests/data/images, built with podman, tagged per worker.
+def test_images(base_image: str) -> Iterator[dict[str, str]]:
+    """The three variants under tests/data/images, built with podman, tagged per worker; they and
+    the build-stage images their multi-stage builds leave untagged are removed at session end.
 
     Per-worker tags: the other worker may rebuild its own tags while this one inspects.
     """
+    before = _dangling()
     refs = {}
-    for variant in VARIANTS:
-        ref = f"localhost/failover-test-svc-{worker_id()}:{variant}"
-        podman(
-            "build",
-            "--quiet",
-            "--build-arg",
-            f"BASE={base_image}",
-            "-t",
-            ref,
-            str(IMAGES / variant),
-            timeout=300,
-        )
-        refs[variant] = ref
-    return refs
+    try:
+        for variant in VARIANTS:
+            ref = f"localhost/failover-test-svc-{worker_id()}:{variant}"
+            podman(
+                "build",
+                "--quiet",
+                "--build-arg",
+                f"BASE={base_image}",
+                "-t",
+                ref,
+                str(IMAGES / variant),
+                timeout=300,
+            )
+            refs[variant] = ref
+        yield refs
+    finally:
+        for ref in refs.values():
+            subprocess.run(["podman", "rmi", "-f", ref], env=podman_env(), check=False, timeout=120)
+        # Not forced: an image another build still uses stays (the store is shared).
+        for image in _dangling() - before:
+            subprocess.run(
+                ["podman", "rmi", image],
+                env=podman_env(),
+                check=False,
+                timeout=120,
+                capture_output=True,
+            )
 
 
 @pytest.fixture
