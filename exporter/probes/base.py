@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from exporter import metrics
 from exporter.fields import Model
 from exporter.log import rfc3339
 from exporter.metrics import Reason
@@ -49,7 +50,6 @@ class ProbeContext:
         "observations",
         "phases",
         "resources",
-        "status_code",
         "timeout",
         "vantage",
     )
@@ -61,8 +61,9 @@ class ProbeContext:
         self.vantage = vantage
         self.timeout = timeout
         self.phases: dict[str, float] = {}
+        # Catalogue gauges by name; a name the kind declares in `ProbeKind.gauges` and leaves
+        # unset here takes its reset value.
         self.gauges: dict[str, float] = {}
-        self.status_code: int | None = None
         self.debug: list[str] = []
         # The probe's own measurement of the target's latency, from timestamps at the socket
         # events; None leaves the scheduler's wall clock around the whole run.
@@ -105,6 +106,13 @@ class ProbeKind(Generic[PreparedT]):
       region endpoint and image), at load, raising ValueError for config errors. The loader
       compares the binding on reload, so a changed region or image restarts the target.
     - `describe(settings)` is the status page's one-line summary of a target.
+    - `check_service(settings, regions)` checks the settings against the service the target is
+      in (the names of its regions), at load: (key path below `probe`, message) per error.
+
+    `gauges` are the catalogue gauges whose value is only true of the probe that set it (an HTTP
+    status code), by name, with the value a target shows when its last probe did not set it or
+    before its first probe. Gauges a kind sets on every probe, or that stay true until the next
+    one sets them, need no declaration.
     """
 
     name: str
@@ -116,6 +124,10 @@ class ProbeKind(Generic[PreparedT]):
     reasons: tuple[Reason, ...] = ()
     describe: Callable[[Any], str] = lambda settings: ""
     bind: Callable[[PreparedT, Binding], PreparedT] | None = None
+    check_service: Callable[[Any, tuple[str, ...]], list[tuple[tuple[str, ...], str]]] = (
+        lambda settings, regions: []
+    )
+    gauges: Mapping[str, float] = dataclasses.field(default_factory=dict)
     # How the bundle (prometheus/ rules, grafana/ dashboards) treats the kind. Every kind must
     # say both; None means unclassified, and tests/prometheus fails on it and on any selector of
     # the bundle that disagrees (bundle_probe_regex builds the selectors' regexes).
@@ -144,6 +156,10 @@ def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:
     is returned (modules keep it as KIND)."""
     if kind.name in REGISTRY:
         raise RuntimeError(f"probe kind {kind.name!r} registered twice")
+    for name in kind.gauges:
+        spec = metrics.BY_NAME.get(name)
+        if spec is None or spec.type is not metrics.Type.GAUGE:
+            raise RuntimeError(f"probe kind {kind.name!r} declares {name!r}: not a catalogue gauge")
     own = tuple(r for r in kind.reasons if r not in COMMON_REASONS)
     kind = dataclasses.replace(kind, reasons=(Reason.TIMEOUT, *own, Reason.ERROR))
     REGISTRY[kind.name] = kind
