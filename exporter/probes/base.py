@@ -106,8 +106,9 @@ class ProbeKind(Generic[PreparedT]):
       region endpoint and image), at load, raising ValueError for config errors. The loader
       compares the binding on reload, so a changed region or image restarts the target.
     - `describe(settings)` is the status page's one-line summary of a target.
-    - `check_service(settings, regions)` checks the settings against the service the target is
-      in (the names of its regions), at load: (key path below `probe`, message) per error.
+    - `check_service(settings, service, regions)` checks the settings against the service the
+      target is in (its name and its regions' names), at load: a (key path below `probe`,
+      message) per error.
 
     `gauges` are the catalogue gauges whose value is only true of the probe that set it (an HTTP
     status code), by name, with the value a target shows when its last probe did not set it or
@@ -124,8 +125,8 @@ class ProbeKind(Generic[PreparedT]):
     reasons: tuple[Reason, ...] = ()
     describe: Callable[[Any], str] = lambda settings: ""
     bind: Callable[[PreparedT, Binding], PreparedT] | None = None
-    check_service: Callable[[Any, tuple[str, ...]], list[tuple[tuple[str, ...], str]]] = (
-        lambda settings, regions: []
+    check_service: Callable[[Any, str, tuple[str, ...]], list[tuple[tuple[str, ...], str]]] = (
+        lambda settings, service, regions: []
     )
     gauges: Mapping[str, float] = dataclasses.field(default_factory=dict)
     # How the bundle (prometheus/ rules, grafana/ dashboards) treats the kind. Every kind must
