@@ -205,6 +205,8 @@ KIND_NAMES = {
     "HTTP_STATUS": {"exporter.metrics"},
     "http_status_code": {"exporter.metrics"},
     "status_code": {"exporter.metrics"},
+    "DNS_POINTS_TO": {"exporter.metrics"},
+    "region_names": set(),
 }
 
 

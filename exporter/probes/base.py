@@ -129,6 +129,12 @@ class ProbeKind(Generic[PreparedT]):
         lambda settings, service, regions: []
     )
     gauges: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # Gauges a probe stores as a bit mask (one float in ProbeContext.gauges, exact to 53 bits)
+    # by name: the values of the metric's one extra label for bits 0, 1, ... of a prepared
+    # probe. /metrics writes one series per value, 1 where its bit is set.
+    bit_labels: Mapping[str, Callable[[PreparedT], tuple[str, ...]]] = dataclasses.field(
+        default_factory=dict
+    )
     # How the bundle (prometheus/ rules, grafana/ dashboards) treats the kind. Every kind must
     # say both; None means unclassified, and tests/prometheus fails on it and on any selector of
     # the bundle that disagrees (bundle_probe_regex builds the selectors' regexes).
@@ -161,6 +167,10 @@ def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:
         spec = metrics.BY_NAME.get(name)
         if spec is None or spec.type is not metrics.Type.GAUGE:
             raise RuntimeError(f"probe kind {kind.name!r} declares {name!r}: not a catalogue gauge")
+    for name in kind.bit_labels:
+        spec = metrics.BY_NAME.get(name)
+        if spec is None or spec.type is not metrics.Type.GAUGE or len(spec.labels) != 1:
+            raise RuntimeError(f"probe kind {kind.name!r}: {name!r} is not a gauge with one label")
     own = tuple(r for r in kind.reasons if r not in COMMON_REASONS)
     kind = dataclasses.replace(kind, reasons=(Reason.TIMEOUT, *own, Reason.ERROR))
     REGISTRY[kind.name] = kind

@@ -434,6 +434,7 @@ KIND = register(
         phases=("dns", "udp", "tcp"),
         describe=describe,
         check_service=check_service,
+        bit_labels={metrics.DNS_POINTS_TO.name: lambda p: p.region_names},
         # An answer says where DNS points, not whether the region serves, and its latency is the
         # resolver's, not an image's.
         votes_in_quorum=False,
