@@ -10,11 +10,14 @@ subcommands) that keep start-up small.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
+
+import pytest
 
 from exporter import metrics
 from exporter.probes import REGISTRY
-from exporter.probes.base import COMMON_REASONS
+from exporter.probes.base import COMMON_REASONS, register
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "exporter"
@@ -196,6 +199,20 @@ def test_each_probe_kind_is_one_module_and_classified() -> None:
         assert set(COMMON_REASONS) <= set(kind.reasons), name
         for gauge in kind.gauges:
             assert metrics.BY_NAME[gauge].type is metrics.Type.GAUGE, (name, gauge)
+
+
+def test_a_kind_declares_only_catalogue_gauges() -> None:
+    http = REGISTRY["http"]
+    with pytest.raises(RuntimeError, match="not a catalogue gauge"):
+        register(dataclasses.replace(http, name="t-counter", gauges={metrics.PROBES.name: 0.0}))
+    with pytest.raises(RuntimeError, match="not a gauge with one label"):
+        register(
+            dataclasses.replace(http, name="t-bits", bit_labels={metrics.HTTP_STATUS.name: str})
+        )
+    assert "t-counter" not in REGISTRY
+    assert "t-bits" not in REGISTRY
+    with pytest.raises(TypeError):
+        http.gauges[metrics.HTTP_STATUS.name] = 1.0  # type: ignore[index]
 
 
 # Names that belong to one probe kind, and the modules outside exporter/probes/<kind>.py that may

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 
 from exporter import metrics
@@ -93,7 +94,9 @@ class ProbeContext:
 PreparedT = TypeVar("PreparedT")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+# eq=False: a kind is a registered singleton, hashed and compared by identity (its mappings
+# would make a field-wise hash fail).
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class ProbeKind(Generic[PreparedT]):
     """One probe kind.
 
@@ -172,7 +175,13 @@ def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:
         if spec is None or spec.type is not metrics.Type.GAUGE or len(spec.labels) != 1:
             raise RuntimeError(f"probe kind {kind.name!r}: {name!r} is not a gauge with one label")
     own = tuple(r for r in kind.reasons if r not in COMMON_REASONS)
-    kind = dataclasses.replace(kind, reasons=(Reason.TIMEOUT, *own, Reason.ERROR))
+    kind = dataclasses.replace(
+        kind,
+        reasons=(Reason.TIMEOUT, *own, Reason.ERROR),
+        # Read-only copies: the declaration is the contract, not state to change at run time.
+        gauges=MappingProxyType(dict(kind.gauges)),
+        bit_labels=MappingProxyType(dict(kind.bit_labels)),
+    )
     REGISTRY[kind.name] = kind
     return kind
 
