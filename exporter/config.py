@@ -399,16 +399,10 @@ def _build(
             if shard is not None and not shard.owns(root.vantage, svc.name, tgt.name):
                 skipped += 1
                 continue
-            # A dns target's answer regions are joined to the region verdict by name.
-            for name in getattr(tgt.probe, "regions", None) or ():
-                if name not in roles:
-                    issues.append(
-                        src.issue(
-                            ("services", s, "targets", t, "probe", "regions", name),
-                            f"{name!r} is not a region of service {svc.name!r} "
-                            f"({', '.join(roles)})",
-                        )
-                    )
+            for path, message in REGISTRY[tgt.probe.kind].check_service(
+                tgt.probe, svc.name, tuple(roles)
+            ):
+                issues.append(src.issue(("services", s, "targets", t, "probe", *path), message))
             make(
                 ("services", s, "targets", t),
                 tgt,

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter import metrics
 from exporter.metrics import MetricSpec, Type
 from exporter.model import Config, Region
+from exporter.probes import REGISTRY
 from exporter.state import TargetState, escape_label, label_text
 
 _isal_zlib: ModuleType | None
@@ -192,9 +193,12 @@ def _counter(name: str) -> Renderer:
     return render
 
 
-def _points_to(name: str) -> Renderer:
-    # The probe stores a bit mask (bit i: the answer points into the target's i-th configured
-    # region), so TargetState keeps one number per name and the labels come from the config.
+def _bits(spec: MetricSpec) -> Renderer:
+    # The probe stores a bit mask (ProbeKind.bit_labels; e.g. bit i: a dns answer points into
+    # the target's i-th configured region), so TargetState keeps one number per name and the
+    # label values come from the prepared probe.
+    name, label = spec.name, spec.labels[0]
+
     def render(out: list[str], states: Sequence[TargetState]) -> int:
         start = len(out)
         for st in states:
@@ -203,9 +207,10 @@ def _points_to(name: str) -> Renderer:
                 continue
             labels = st.labels
             bits = int(mask)
-            names = getattr(st.target.prepared, "region_names", ())
+            target = st.target
+            names = REGISTRY[target.kind].bit_labels[name](target.prepared)
             out += [
-                f'{name}{{{labels},answer_region="{escape_label(r)}"}} {(bits >> i) & 1}\n'
+                f'{name}{{{labels},{label}="{escape_label(r)}"}} {(bits >> i) & 1}\n'
                 for i, r in enumerate(names)
             ]
         return len(out) - start
@@ -222,8 +227,8 @@ def _renderer(spec: MetricSpec) -> Renderer:
         return _failures(spec.name)
     if spec is metrics.PROBE_PHASE:
         return _phases(spec.name)
-    if spec is metrics.DNS_POINTS_TO:
-        return _points_to(spec.name)
+    if any(spec.name in kind.bit_labels for kind in REGISTRY.values()):
+        return _bits(spec)
     if spec.type is Type.COUNTER:
         return _counter(spec.name)
     return _gauge(spec.name)

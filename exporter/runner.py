@@ -77,7 +77,6 @@ class Runner:
             success=reason is None,
             reason=reason,
             message=message,
-            status_code=ctx.status_code,
             phases=ctx.phases,
             debug=ctx.debug,
             gauges=ctx.gauges,

@@ -176,7 +176,8 @@ class Scheduler:
                 self._stop_target(key)
             state = self.states.get(key)
             if state is None or state.target.labels != target.labels:
-                self.states[key] = TargetState(target, REGISTRY[target.kind].reasons)
+                kind = REGISTRY[target.kind]
+                self.states[key] = TargetState(target, kind.reasons, kind.gauges)
             else:
                 state.retarget(target)
             self.targets[key] = target

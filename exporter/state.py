@@ -10,6 +10,7 @@ import array
 import bisect
 import dataclasses
 import time
+from collections.abc import Mapping
 
 from exporter import metrics
 from exporter.metrics import Reason
@@ -41,7 +42,6 @@ class Result:
     success: bool
     reason: str | None
     message: str
-    status_code: int | None
     phases: dict[str, float]
     debug: list[str]
     gauges: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -108,10 +108,17 @@ class TargetState:
         "probes",
         "recent",
         "recent_next",
+        "resets",
         "target",
     )
 
-    def __init__(self, target: Target, reasons: tuple[Reason, ...]) -> None:
+    def __init__(
+        self,
+        target: Target,
+        reasons: tuple[Reason, ...],
+        resets: Mapping[str, float] | None = None,
+    ) -> None:
+        """`reasons` and `resets` are the kind's (ProbeKind.reasons, ProbeKind.gauges)."""
         self.target = target
         self.labels = label_text(metrics.TARGET_LABELS, target.labels)
         self.probes = 0
@@ -119,6 +126,10 @@ class TargetState:
         # failure instead of a series appearing out of nowhere.
         self.failures: dict[str, int] = {r.value: 0 for r in reasons}
         self.gauges: dict[str, float] = {metrics.PROBE_INTERVAL.name: target.interval}
+        # The kind's gauges that only hold for the probe that set them: back to these values
+        # whenever a probe leaves them unset, and shown with them before the first probe.
+        self.resets = dict(resets or {})
+        self.gauges.update(self.resets)
         # Catalogue counters the kind counts (ProbeContext.count), by name: totals since start.
         self.counters: dict[str, float] = {}
         self.phases: dict[str, float] = {}
@@ -145,6 +156,8 @@ class TargetState:
         g[metrics.PROBE_SUCCESS.name] = 1.0 if result.success else 0.0
         streak = metrics.PROBE_CONSECUTIVE_FAILURES.name
         g[streak] = 0.0 if result.success else g.get(streak, 0.0) + 1.0
+        if self.resets:
+            g.update(self.resets)
         g.update(result.gauges)
         if result.counters:
             counters = self.counters
@@ -155,11 +168,6 @@ class TargetState:
             self.observe(name, value)
             if name == metrics.PROBE_DURATION.name:
                 latencies.append(value)
-        if result.status_code is not None:
-            g[metrics.HTTP_STATUS.name] = float(result.status_code)
-        elif metrics.HTTP_STATUS.name in g:
-            # No response this time: a stale 200 would read as healthy (the HELP promises 0).
-            g[metrics.HTTP_STATUS.name] = 0.0
         if result.success:
             # A probe that observed its own latency samples (icmp: one per reply) replaces the
             # end-to-end duration, which would count pacing and waits for lost packets.

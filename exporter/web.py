@@ -12,7 +12,7 @@ from aiohttp import web
 from exporter import __version__, exposition, status_view
 from exporter.engine import Engine
 from exporter.log import rfc3339
-from exporter.metrics import TARGET_LABELS, Role
+from exporter.metrics import BY_NAME, TARGET_LABELS, Role
 from exporter.model import Target
 from exporter.probes import REGISTRY
 from exporter.state import Result, label_text
@@ -145,12 +145,15 @@ def _probe_exposition(r: Result) -> str:
         f'failover_probe_phase_duration_seconds{{{labels},phase="{p}"}} {exposition.fmt(v)}'
         for p, v in r.phases.items()
     ]
-    if r.status_code is not None:
-        lines += [
-            "# HELP failover_http_status_code HTTP status code of this probe.",
-            "# TYPE failover_http_status_code gauge",
-            f"failover_http_status_code{{{labels}}} {r.status_code}",
-        ]
+    # The kind's per-probe gauges (an HTTP status code) that this probe set.
+    for name in REGISTRY[r.target.kind].gauges:
+        if name in r.gauges:
+            spec = BY_NAME[name]
+            lines += [
+                f"# HELP {name} {spec.help}",
+                f"# TYPE {name} gauge",
+                f"{name}{{{labels}}} {exposition.fmt(r.gauges[name])}",
+            ]
     if r.reason:
         lines += [
             "# HELP failover_probe_failure_info Why this probe failed, value 1.",

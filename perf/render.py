@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp import web
 
-from exporter import config, exposition
+from exporter import config, exposition, metrics
 from exporter import web as handlers
 from exporter.engine import Engine
 from exporter.model import Target
@@ -78,7 +78,7 @@ def http_result(target: Target, i: int, k: int) -> Result:
         success=ok,
         reason=None if ok else "connect",
         message="",
-        status_code=200 if ok else None,
+        gauges={metrics.HTTP_STATUS.name: 200.0} if ok else {},
         phases={
             "dns": 0.0,
             "connect": d * 0.01,
@@ -95,7 +95,8 @@ def build_states(n: int) -> tuple[list[TargetState], Engine]:
     engine = Engine()
     states = []
     for i, target in enumerate(cfg.targets):
-        st = TargetState(target, REGISTRY[target.kind].reasons)
+        kind = REGISTRY[target.kind]
+        st = TargetState(target, kind.reasons, kind.gauges)
         for k in range(4):
             st.record(http_result(target, i, k))
         states.append(st)

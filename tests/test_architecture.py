@@ -10,10 +10,14 @@ subcommands) that keep start-up small.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
+import pytest
+
+from exporter import metrics
 from exporter.probes import REGISTRY
-from exporter.probes.base import COMMON_REASONS
+from exporter.probes.base import COMMON_REASONS, register
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "exporter"
@@ -193,6 +197,46 @@ def test_each_probe_kind_is_one_module_and_classified() -> None:
         assert kind.votes_in_quorum is not None, name
         assert kind.ranks_images is not None, name
         assert set(COMMON_REASONS) <= set(kind.reasons), name
+        for gauge in kind.gauges:
+            assert metrics.BY_NAME[gauge].type is metrics.Type.GAUGE, (name, gauge)
+
+
+def test_a_kind_declares_only_catalogue_gauges() -> None:
+    http = REGISTRY["http"]
+    with pytest.raises(RuntimeError, match="not a catalogue gauge"):
+        register(dataclasses.replace(http, name="t-counter", gauges={metrics.PROBES.name: 0.0}))
+    with pytest.raises(RuntimeError, match="not a gauge with one label"):
+        register(
+            dataclasses.replace(http, name="t-bits", bit_labels={metrics.HTTP_STATUS.name: str})
+        )
+    assert "t-counter" not in REGISTRY
+    assert "t-bits" not in REGISTRY
+    with pytest.raises(TypeError):
+        http.gauges[metrics.HTTP_STATUS.name] = 1.0  # type: ignore[index]
+
+
+# Names that belong to one probe kind, and the modules outside exporter/probes/<kind>.py that may
+# still say them (the catalogue defines them). The generic result path (runner, state,
+# exposition, web) reaches a kind's series through ProbeKind's declarations only.
+KIND_NAMES = {
+    "HTTP_STATUS": {"exporter.metrics"},
+    "http_status_code": {"exporter.metrics"},
+    "status_code": {"exporter.metrics"},
+    "DNS_POINTS_TO": {"exporter.metrics"},
+    "region_names": set(),
+}
+
+
+def test_kind_specific_names_stay_in_their_kind() -> None:
+    found = []
+    for module, path in MODULES.items():
+        if module.startswith("exporter.probes.") or module.startswith("exporter.wire"):
+            continue
+        text = path.read_text()
+        for name, allowed in KIND_NAMES.items():
+            if module not in allowed and name in text:
+                found.append((module, name))
+    assert not found, found
 
 
 TESTS = ROOT / "tests"

@@ -49,7 +49,8 @@ GOLDEN = Path(__file__).parent / "data" / "golden" / "metrics.prom"
 def golden_states(cfg: Config) -> list[TargetState]:
     states = []
     for i, target in enumerate(cfg.targets):
-        st = TargetState(target, REGISTRY[target.kind].reasons)
+        kind = REGISTRY[target.kind]
+        st = TargetState(target, kind.reasons, kind.gauges)
         for n in range(5):
             # The tcp target fails its last probe; the others succeed throughout.
             st.record(fixed_result(target, n, success=not (target.kind == "tcp" and n == 4)))
@@ -269,7 +270,8 @@ def test_status_code_drops_to_zero_when_no_response_arrives(tmp_path: Path) -> N
     """A target that stopped answering must not keep showing its last 200."""
     (tmp_path / "c.yml").write_text(GOLDEN_CONFIG)
     target = next(t for t in config.load(tmp_path / "c.yml").targets if t.kind == "http")
-    st = TargetState(target, REGISTRY[target.kind].reasons)
+    kind = REGISTRY[target.kind]
+    st = TargetState(target, kind.reasons, kind.gauges)
     st.record(fixed_result(target, 0, success=True))
     assert st.gauges[metrics.HTTP_STATUS.name] == 200
     st.record(fixed_result(target, 1, success=False))

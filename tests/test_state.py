@@ -62,3 +62,19 @@ def test_last_is_a_shared_verdict_not_the_whole_result(make_config: MakeConfig) 
     assert a.phases == {"connect": 0.05}
     assert a.gauges[metrics.PROBE_SUCCESS.name] == 1.0
     assert a.failures["connect"] == 1
+
+
+def test_a_kinds_declared_gauges_show_their_reset_value_until_a_probe_sets_them(
+    make_config: MakeConfig,
+) -> None:
+    """ProbeKind.gauges: before the first probe and after a probe that did not set one (no
+    response), the declared value; not the last probe's."""
+    target = _target(make_config)
+    kind = REGISTRY[target.kind]
+    assert kind.gauges == {metrics.HTTP_STATUS.name: 0.0}
+    st = TargetState(target, kind.reasons, kind.gauges)
+    assert st.gauges[metrics.HTTP_STATUS.name] == 0
+    st.record(_result(target, 0.01))
+    assert st.gauges[metrics.HTTP_STATUS.name] == 200
+    st.record(_result(target, 0.01, reason="connect"))
+    assert st.gauges[metrics.HTTP_STATUS.name] == 0

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 
+from exporter import metrics
 from exporter.fields import Model
 from exporter.log import rfc3339
 from exporter.metrics import Reason
@@ -49,7 +51,6 @@ class ProbeContext:
         "observations",
         "phases",
         "resources",
-        "status_code",
         "timeout",
         "vantage",
     )
@@ -61,8 +62,9 @@ class ProbeContext:
         self.vantage = vantage
         self.timeout = timeout
         self.phases: dict[str, float] = {}
+        # Catalogue gauges by name; a name the kind declares in `ProbeKind.gauges` and leaves
+        # unset here takes its reset value.
         self.gauges: dict[str, float] = {}
-        self.status_code: int | None = None
         self.debug: list[str] = []
         # The probe's own measurement of the target's latency, from timestamps at the socket
         # events; None leaves the scheduler's wall clock around the whole run.
@@ -92,7 +94,9 @@ class ProbeContext:
 PreparedT = TypeVar("PreparedT")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+# eq=False: a kind is a registered singleton, hashed and compared by identity (its mappings
+# would make a field-wise hash fail).
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class ProbeKind(Generic[PreparedT]):
     """One probe kind.
 
@@ -105,6 +109,14 @@ class ProbeKind(Generic[PreparedT]):
       region endpoint and image), at load, raising ValueError for config errors. The loader
       compares the binding on reload, so a changed region or image restarts the target.
     - `describe(settings)` is the status page's one-line summary of a target.
+    - `check_service(settings, service, regions)` checks the settings against the service the
+      target is in (its name and its regions' names), at load: a (key path below `probe`,
+      message) per error.
+
+    `gauges` are the catalogue gauges whose value is only true of the probe that set it (an HTTP
+    status code), by name, with the value a target shows when its last probe did not set it or
+    before its first probe. Gauges a kind sets on every probe, or that stay true until the next
+    one sets them, need no declaration.
     """
 
     name: str
@@ -116,6 +128,16 @@ class ProbeKind(Generic[PreparedT]):
     reasons: tuple[Reason, ...] = ()
     describe: Callable[[Any], str] = lambda settings: ""
     bind: Callable[[PreparedT, Binding], PreparedT] | None = None
+    check_service: Callable[[Any, str, tuple[str, ...]], list[tuple[tuple[str, ...], str]]] = (
+        lambda settings, service, regions: []
+    )
+    gauges: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # Gauges a probe stores as a bit mask (one float in ProbeContext.gauges, exact to 53 bits)
+    # by name: the values of the metric's one extra label for bits 0, 1, ... of a prepared
+    # probe. /metrics writes one series per value, 1 where its bit is set.
+    bit_labels: Mapping[str, Callable[[PreparedT], tuple[str, ...]]] = dataclasses.field(
+        default_factory=dict
+    )
     # How the bundle (prometheus/ rules, grafana/ dashboards) treats the kind. Every kind must
     # say both; None means unclassified, and tests/prometheus fails on it and on any selector of
     # the bundle that disagrees (bundle_probe_regex builds the selectors' regexes).
@@ -144,8 +166,22 @@ def register(kind: ProbeKind[PreparedT]) -> ProbeKind[PreparedT]:
     is returned (modules keep it as KIND)."""
     if kind.name in REGISTRY:
         raise RuntimeError(f"probe kind {kind.name!r} registered twice")
+    for name in kind.gauges:
+        spec = metrics.BY_NAME.get(name)
+        if spec is None or spec.type is not metrics.Type.GAUGE:
+            raise RuntimeError(f"probe kind {kind.name!r} declares {name!r}: not a catalogue gauge")
+    for name in kind.bit_labels:
+        spec = metrics.BY_NAME.get(name)
+        if spec is None or spec.type is not metrics.Type.GAUGE or len(spec.labels) != 1:
+            raise RuntimeError(f"probe kind {kind.name!r}: {name!r} is not a gauge with one label")
     own = tuple(r for r in kind.reasons if r not in COMMON_REASONS)
-    kind = dataclasses.replace(kind, reasons=(Reason.TIMEOUT, *own, Reason.ERROR))
+    kind = dataclasses.replace(
+        kind,
+        reasons=(Reason.TIMEOUT, *own, Reason.ERROR),
+        # Read-only copies: the declaration is the contract, not state to change at run time.
+        gauges=MappingProxyType(dict(kind.gauges)),
+        bit_labels=MappingProxyType(dict(kind.bit_labels)),
+    )
     REGISTRY[kind.name] = kind
     return kind
 

@@ -124,6 +124,21 @@ class Dns:
         return tuple(r.name for r in self.regions)
 
 
+def check_service(
+    s: DnsSettings, service: str, regions: tuple[str, ...]
+) -> list[tuple[tuple[str, ...], str]]:
+    """The answer's regions are joined to the region verdict by name: each must be one of the
+    service's."""
+    return [
+        (
+            ("regions", name),
+            f"{name!r} is not a region of service {service!r} ({', '.join(regions)})",
+        )
+        for name in s.regions
+        if name not in regions
+    ]
+
+
 def _regions(s: DnsSettings) -> tuple[AnswerRegion, ...]:
     import dns.exception
     import dns.name
@@ -418,6 +433,8 @@ KIND = register(
         ),
         phases=("dns", "udp", "tcp"),
         describe=describe,
+        check_service=check_service,
+        bit_labels={metrics.DNS_POINTS_TO.name: lambda p: p.region_names},
         # An answer says where DNS points, not whether the region serves, and its latency is the
         # resolver's, not an image's.
         votes_in_quorum=False,

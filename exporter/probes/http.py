@@ -22,7 +22,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from yarl import URL
 
 from exporter.fields import Model, SecretSource, SettingError, register_secret
-from exporter.metrics import TLS_NOT_AFTER, Reason
+from exporter.metrics import HTTP_STATUS, TLS_NOT_AFTER, Reason
 from exporter.probes.base import (
     FAMILIES,
     IpFamily,
@@ -352,7 +352,7 @@ async def run(p: Http, ctx: ProbeContext) -> None:
         raise ProbeFailure(exc.reason, exc.message) from None
     finally:
         if ex.headers_done:
-            ctx.status_code = ex.status
+            ctx.gauges[HTTP_STATUS.name] = float(ex.status)
         _record_phases(ctx, marks, ex, whole=hops == 0)
     ctx.log(f"response {ex.status} {ex.reason.decode('latin-1')}".rstrip())
     if ex.status == 407 and p.proxy is not None and hop.ssl is None:
@@ -444,5 +444,7 @@ KIND = register(
         ),
         phases=("dns", "connect", "connect_tunnel", "tls", "first_byte", "transfer"),
         describe=describe,
+        # No response this time: a stale 200 would read as healthy (the HELP promises 0).
+        gauges={HTTP_STATUS.name: 0.0},
     )
 )

@@ -20,7 +20,13 @@ import trustme
 from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from exporter.metrics import DELAY_BUCKETS, START_DELAY, TLS_NOT_AFTER, SelfMetrics
+from exporter.metrics import (
+    DELAY_BUCKETS,
+    HTTP_STATUS,
+    START_DELAY,
+    TLS_NOT_AFTER,
+    SelfMetrics,
+)
 from exporter.resources import Resources
 from exporter.scheduler import Scheduler
 from exporter.wire import pool as wire_pool
@@ -49,7 +55,7 @@ async def test_success(run_probe: RunProbe, server: tuple[Seen, str]) -> None:
     seen, base = server
     result = await run_probe({"kind": "http", "url": f"{base}/ok"})
     assert result.success, result.message
-    assert result.status_code == 200
+    assert result.gauges.get(HTTP_STATUS.name) == 200
     assert result.message == "ok"
     assert len(seen.requests) == 1
     assert seen.requests[0]["method"] == "GET"
@@ -61,7 +67,7 @@ async def test_wrong_status_fails(run_probe: RunProbe, server: tuple[Seen, str])
     result = await run_probe({"kind": "http", "url": f"{base}/status/503"})
     assert not result.success
     assert result.reason == "http_status"
-    assert result.status_code == 503
+    assert result.gauges.get(HTTP_STATUS.name) == 503
     assert "503" in result.message
 
 
@@ -73,7 +79,7 @@ async def test_valid_status_codes(run_probe: RunProbe, server: tuple[Seen, str])
     probe["url"] = f"{base}/status/200"
     result = await run_probe(probe)
     assert result.reason == "http_status"
-    assert result.status_code == 200
+    assert result.gauges.get(HTTP_STATUS.name) == 200
 
 
 @pytest.mark.parametrize(
@@ -116,7 +122,7 @@ async def test_redirects_followed_by_default(run_probe: RunProbe, server: tuple[
     seen, base = server
     result = await run_probe({"kind": "http", "url": f"{base}/redirect"})
     assert result.success, result.message
-    assert result.status_code == 200
+    assert result.gauges.get(HTTP_STATUS.name) == 200
     assert [r["path"] for r in seen.requests] == ["/redirect", "/ok"]
 
 
@@ -125,7 +131,7 @@ async def test_redirects_not_followed(run_probe: RunProbe, server: tuple[Seen, s
     probe = {"kind": "http", "url": f"{base}/redirect", "follow_redirects": False}
     result = await run_probe(probe)
     assert result.reason == "http_status"
-    assert result.status_code == 302
+    assert result.gauges.get(HTTP_STATUS.name) == 302
     probe["valid_status_codes"] = [302]
     assert (await run_probe(probe)).success
     assert [r["path"] for r in seen.requests] == ["/redirect", "/redirect"]
@@ -295,7 +301,7 @@ async def test_a_second_response_does_not_replace_the_first(run_probe: RunProbe)
     async with hostile.garbage(payload=payload) as (host, port):
         result = await run_probe({"kind": "http", "url": url("http", host, port)})
     assert result.reason == "http_status", result.message
-    assert result.status_code == 503
+    assert result.gauges.get(HTTP_STATUS.name) == 503
     assert result.debug[-2].endswith("response 503 Service Unavailable"), result.debug
 
 
@@ -394,7 +400,7 @@ async def test_wrong_password_fails_without_leaking(
     }
     result = await run_probe(probe)
     assert result.reason == "http_status"
-    assert result.status_code == 401
+    assert result.gauges.get(HTTP_STATUS.name) == 401
     assert_secret_hidden(result)
 
 
@@ -483,7 +489,7 @@ async def test_connection_refused(run_probe: RunProbe) -> None:
         result = await run_probe({"kind": "http", "url": url("http", host, port)})
     assert result.reason == "connect"
     assert "refused" in result.message
-    assert result.status_code is None
+    assert result.gauges.get(HTTP_STATUS.name) is None
 
 
 async def test_reset_mid_response(run_probe: RunProbe) -> None:
@@ -532,7 +538,7 @@ async def test_endless_body_is_bounded(run_probe: RunProbe, chunked: bool) -> No
         await asyncio.sleep(0.1)  # let the server notice the hang-up
         sent = stats.bytes_sent
     assert result.reason == "body_too_large", result.message
-    assert result.status_code == 200
+    assert result.gauges.get(HTTP_STATUS.name) == 200
     assert str(limit) in result.message
     # The probe stopped reading: what the server got out is the limit plus socket buffers, not
     # the gigabyte it was willing to send.

@@ -43,7 +43,6 @@ def fixed_result(target: Target, n: int, success: bool) -> Result:
         success=success,
         reason=None if success else "connect",
         message="ok" if success else "connection refused",
-        status_code=(200 if success else None) if target.kind == "http" else None,
         phases={"dns": 0.0001, "connect": 0.0002 * (n + 1)}
         if target.kind != "tcp" or success
         else {"connect": 0.5},
@@ -54,5 +53,7 @@ def fixed_result(target: Target, n: int, success: bool) -> Result:
             metrics.DNS_ANSWER_TTL.name: 60.0,
         }
         if target.kind == "dns"
+        else {metrics.HTTP_STATUS.name: 200.0}
+        if target.kind == "http" and success
         else {},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from exporter.metrics import HTTP_STATUS
 from exporter.model import Target
 from exporter.state import Result
 
@@ -23,7 +24,7 @@ def result(
         success=reason is None,
         reason=reason,
         message=message if message is not None else ("ok" if reason is None else "refused"),
-        status_code=200 if reason is None else None,
         phases=phases if phases is not None else {"connect": duration / 2},
         debug=debug if debug is not None else ["a debug line"],
+        gauges={HTTP_STATUS.name: 200.0} if reason is None and target.kind == "http" else {},
     )
