@@ -401,7 +401,7 @@ def dechunk(data: bytes) -> bytes:
         pos = eol + 4 + size
 
 
-async def wait_http(port: int, path: str, proc: Proc, wait: float = 60) -> None:
+async def wait_http(port: int, path: str, proc: Proc, wait: float = 120) -> None:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.p.poll() is not None:
