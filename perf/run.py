@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import gzip
 import json
@@ -50,6 +51,7 @@ CLI_ADDR, SRV_ADDR, TARGET_PORT = "10.213.0.1", "10.213.0.2", 8080
 OURS_PORT, BB_PORT = 10077, 9115
 TARGET_DELAY_US = 10_000
 PHASE_TIMEOUT = 120  # no single prober run may take longer than this, whatever happens
+SATURATION_TIMEOUT = 240
 # Keep captures and logs for a post-mortem (FXBENCH_KEEP=1).
 KEEP = os.environ.get("FXBENCH_KEEP") == "1"
 
@@ -81,7 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "accuracy_rates": [100, 1000],
         "accuracy_secs": 6,
-        "sat_ours": 6000,
+        "sat_ours": 4000,
         "sat_bb_conns": 64,
         "sat_secs": 6,
         "ladder": [0.3, 0.5, 0.7, 0.85, 1.0, 1.15],
@@ -125,6 +127,8 @@ CHURN_INTERVAL = 4.0
 MAX_START_DELAY_P99 = 0.010
 # Of the probes due in the window; the window's edges cut a few probes either way.
 MIN_COMPLETED = 0.995
+# Above this the driver's own loop, not blackbox, is late: the run is marked driver_limited.
+DRIVER_LATE_P99 = 0.002
 
 
 def log(msg: str) -> None:
@@ -569,9 +573,9 @@ BB_CONFIG = """modules:
       preferred_ip_protocol: ip4
 """
 BB_PROBE_TIMEOUT = 10.0
-# Connections to blackbox opened before the clock starts; more are opened when all are busy, so
-# the driver never holds a due probe back for want of a connection (up to BB_MAX_CONNS).
-BB_CONNS = 128
+# Connections to blackbox opened before the clock starts; more are opened in the background when
+# all are busy (up to BB_MAX_CONNS), the due probes queued meanwhile.
+BB_CONNS = 256
 BB_MAX_CONNS = 2048
 
 
@@ -651,36 +655,56 @@ class BbConn(asyncio.Protocol):
 class BbDriver:
     """Load for blackbox through /probe on its own core, in one of two shapes.
 
-    Open loop (`fixed`): probe i is sent at t0 + i/rate on an idle connection (a new one if all
-    are busy), so a prober that falls behind shows it as late SYNs on the wire and as probe
-    latency, never as the driver holding probes back. Closed loop (`saturate`): `conns`
-    connections, each sending its next probe the moment the previous answer arrives: the most
-    blackbox completes on one core.
+    Open loop (`fixed`): probe i is due at t0 + i/rate and sent then on an idle kept-alive
+    connection. When all are busy the probe waits in a queue while a new connection opens in
+    the background (up to BB_MAX_CONNS), and goes out on the first connection that is free: the
+    dispatch never blocks on a connect. Closed loop (`saturate`): `conns` connections, each
+    sending its next probe the moment the previous answer arrives: the most blackbox completes
+    on one core.
 
-    A probe is a list: [id, due wall time, driver lateness, sent (perf), response time,
-    reported duration, ok, sent (wall)]. Blackbox's start delay on the wire is SYN - sent: the
-    driver's own lateness (sent - due) is the driver's, reported apart (its CPU too).
+    A probe is a list: [id, due wall time, driver loop lateness, sent (perf), response time,
+    reported duration, ok, sent (wall)]. At a fixed rate blackbox's start delay on the wire is
+    SYN - due: a wait for a free connection is blackbox's backlog, so it counts. The driver's
+    own part, how late its loop noticed the probe was due, is reported apart (its CPU too).
     """
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.idle: list[BbConn] = []
+        self.waiting: collections.deque[tuple[float, float]] = collections.deque()
         self.conns = 0
+        self.opening = 0
         self.results: list[list[Any]] = []
         self.pending = 0
         self.closed_loop_until = 0.0
         self.next_id = 0
         self.all_done = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, n: int) -> None:
         for _ in range(n):
-            await self._connect()
+            self.idle.append(await self._connect())
 
     async def _connect(self) -> BbConn:
         _, conn = await self.loop.create_connection(lambda: BbConn(self), "127.0.0.1", BB_PORT)
         self.conns += 1
-        self.idle.append(conn)
         return conn
+
+    async def _grow(self) -> None:
+        try:
+            conn = await self._connect()
+        except OSError:
+            return
+        finally:
+            self.opening -= 1
+        self._free(conn)
+
+    def _free(self, conn: BbConn) -> None:
+        if self.waiting:
+            due_wall, late = self.waiting.popleft()
+            self._send(conn, due_wall, late)
+        else:
+            self.idle.append(conn)
 
     def done(self, conn: BbConn, probe: list[Any]) -> None:
         self.results.append(probe)
@@ -691,8 +715,8 @@ class BbDriver:
             self._send(conn, time.time(), 0.0)
             return
         else:
-            self.idle.append(conn)
-        if self.pending == 0:
+            self._free(conn)
+        if self.pending == 0 and not self.waiting:
             self.all_done.set()
 
     def _send(self, conn: BbConn, due_wall: float, late: float) -> None:
@@ -701,6 +725,21 @@ class BbDriver:
         self.pending += 1
         self.all_done.clear()
         conn.send(probe)
+
+    def _dispatch(self, due_wall: float, late: float) -> None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                self._send(conn, due_wall, late)
+                return
+            self.conns -= 1
+        self.waiting.append((due_wall, late))
+        self.all_done.clear()
+        if self.conns + self.opening < BB_MAX_CONNS:
+            self.opening += 1
+            task = asyncio.ensure_future(self._grow())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def fixed(self, rate: int, total: float) -> None:
         n = int(rate * total)
@@ -711,18 +750,7 @@ class BbDriver:
         while i < n:
             now = clock()
             while i < n and t0 + i / rate <= now:
-                while not self.idle or self.idle[-1].closed:
-                    if self.idle:
-                        self.idle.pop()
-                        self.conns -= 1
-                        continue
-                    if self.conns >= BB_MAX_CONNS:
-                        break
-                    await self._connect()
-                if not self.idle:
-                    break  # every connection busy at the cap: the probe waits, counted as late
-                due = t0 + i / rate
-                self._send(self.idle.pop(), w0 + i / rate, clock() - due)
+                self._dispatch(w0 + i / rate, now - (t0 + i / rate))
                 i += 1
             if i < n:
                 await asyncio.sleep(max(0.0, t0 + i / rate - clock()))
@@ -737,9 +765,11 @@ class BbDriver:
         await self.drain()
 
     async def drain(self) -> None:
-        if self.pending:
+        if self.pending or self.waiting:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.all_done.wait(), BB_PROBE_TIMEOUT + 5)
+        for task in list(self.tasks):
+            task.cancel()
 
     def close(self) -> None:
         for conn in self.idle:
@@ -837,9 +867,11 @@ def bb_summary(
         errors=[p[5] - c.truth for p, c in pairs],
         gaps=[c.client_gap for _, c in pairs],
         truths=[c.truth for _, c in pairs],
-        # The driver's lateness (closed loop: none, a probe is sent when the last one ends).
+        # The driver's own loop lateness (closed loop: none, a probe goes out as the last ends).
         delays=[max(0.0, p[2]) for p in window] if shape == "fixed" else [],
-        wire_delays=[c.syn - p[7] for p, c in pairs],
+        # Fixed rate: from due, a wait for a free connection included (blackbox's backlog);
+        # closed loop: from the moment the request was sent.
+        wire_delays=[c.syn - (p[1] if shape == "fixed" else p[7]) for p, c in pairs],
         cpu=cpu,
         driver_cpu=driver_cpu,
         rss_kib=rss,
@@ -871,9 +903,11 @@ def summarize(
 ) -> dict[str, Any]:
     """One run's figures and the pass rule, the same for both probers: every due probe
     completed (none failed, none skipped) and start delay p99 <= 10 ms, on the wire: from the
-    moment the probe was due (our scheduler's slot; for blackbox, the moment the driver handed
-    it the /probe request) to its SYN. Accuracy (error vs wire) is reported, not part of the
-    rule: the probers measure different things."""
+    moment the probe was due (our scheduler's slot; for blackbox, its slot in the driver's
+    open-loop schedule) to its SYN. Accuracy (error vs wire) is reported, not part of the
+    rule: the probers measure different things. A blackbox run whose driver noticed due probes
+    late (p99 > DRIVER_LATE_P99) is marked driver_limited: its start delay is partly the
+    driver's."""
     err, delay, wire_delay = ms_stats(errors), ms_stats(delays), ms_stats(wire_delays)
     completed = ok / expected if expected else 0.0
     worst_delay = wire_delay["p99_ms"] if wire_delay["n"] else None
@@ -908,6 +942,9 @@ def summarize(
         "driver_cpu": round(driver_cpu / wall, 3) if driver_cpu is not None and wall else None,
         "rss_mib": round(rss_kib / 1024, 1),
         "passed": passed,
+        "driver_limited": bool(delay["p99_ms"] and delay["p99_ms"] > DRIVER_LATE_P99 * 1000)
+        if tool == "blackbox"
+        else None,
         # Other work on the machine shows here; the prober's core is not reserved.
         "loadavg_1m": float(loadavg()[0]),
         **extra,
@@ -917,7 +954,8 @@ def summarize(
         f"{skipped:g} ({out['completed_per_s']}/s) err p50/p99 {err['p50_ms']}/{err['p99_ms']} ms "
         f"gap p99 {ms_stats(gaps)['p99_ms']} ms start delay p99 {delay['p99_ms']} (wire "
         f"{wire_delay['p99_ms']}) ms cpu {out['cpu']} ({out['cpu_per_probe_ms']} ms/probe) "
-        f"driver {out['driver_cpu']} rss {out['rss_mib']} MiB {'PASS' if passed else 'fail'}"
+        f"driver {out['driver_cpu']}{' (driver-limited)' if out['driver_limited'] else ''} "
+        f"rss {out['rss_mib']} MiB {'PASS' if passed else 'fail'}"
     )
     return out
 
@@ -1105,9 +1143,10 @@ def run_rows(at: str, o: dict[str, Any] | None, b: dict[str, Any] | None) -> lis
         )
     )
     rows.append(row(f"{at}: RSS (MiB)", pair(o, "rss_mib"), pair(b, "rss_mib")))
+    limited = " (driver-limited)" if b and b.get("driver_limited") else ""
     rows.append(
         f"| {at}: the driver's CPU, share of its core | n/a (config-driven) | "
-        f"{fmt(pair(b, 'driver_cpu'))} | – | – |"
+        f"{fmt(pair(b, 'driver_cpu'))}{limited} | – | – |"
     )
     return rows
 
@@ -1238,11 +1277,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def attempt(fn: Any, env: Env, rate: int, secs: float) -> dict[str, Any]:
+async def attempt(
+    fn: Any, env: Env, rate: int, secs: float, limit: float = PHASE_TIMEOUT
+) -> dict[str, Any]:
     """One prober run; a run that breaks (a collapsed prober that never answers, say) is
     recorded as failed instead of ending the whole bench."""
     try:
-        return dict(await asyncio.wait_for(fn(env, rate, secs), PHASE_TIMEOUT))
+        return dict(await asyncio.wait_for(fn(env, rate, secs), limit))
     except (RuntimeError, TimeoutError, OSError) as exc:
         tool = "blackbox" if fn in (run_bb, run_bb_saturated) else "ours"
         why = f"{type(exc).__name__}: {exc}"[:500]
@@ -1278,6 +1319,8 @@ async def throughput(env: Env, tool: str, loop: str | None) -> dict[str, Any]:
             env,
             prof["sat_ours"],
             prof["sat_secs"],
+            # Thousands of targets to load, an overloaded loop to stop, a big capture to parse.
+            SATURATION_TIMEOUT,
         )
         fixed = run_ours
     else:
@@ -1285,7 +1328,8 @@ async def throughput(env: Env, tool: str, loop: str | None) -> dict[str, Any]:
             return {"max_rate": None, "saturation": None, "runs": [], "loop": loop}
         sat = await attempt(run_bb_saturated, env, prof["sat_bb_conns"], prof["sat_secs"])
         fixed = run_bb
-    top = sat.get("completed_per_s") or 0
+    # A saturation run that broke: climb from a fifth of the offered rate instead.
+    top = sat.get("completed_per_s") or (prof["sat_ours"] if tool == "ours" else 0) / 5
     rungs = sorted({max(50, round(f * top / 50) * 50) for f in prof["ladder"]}) if top else []
     runs, best = [], None
     for rate in rungs:
