@@ -411,7 +411,8 @@ async def wait_http(port: int, path: str, proc: Proc, wait: float = 120) -> None
         if proc.p.poll() is not None:
             raise RuntimeError(f"process on :{port} exited with {proc.p.returncode}")
         with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
-            status, _ = await http_get("127.0.0.1", port, path, wait=2)
+            # An overloaded loop (a saturation run) answers late, not never: a generous limit.
+            status, _ = await http_get("127.0.0.1", port, path, wait=15)
             if status == 200:
                 return
         await asyncio.sleep(0.1)
