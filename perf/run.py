@@ -212,7 +212,10 @@ def outer(args: argparse.Namespace) -> int:
             *(["--loops", args.loops] if args.loops else []),
         ]  # fmt: skip
         return subprocess.run(
-            inner_cmd, check=False, timeout=args.timeout, preexec_fn=_die_with_parent
+            inner_cmd,
+            check=False,
+            timeout=args.timeout or (780 if args.profile == "quick" else 1500),
+            preexec_fn=_die_with_parent,
         ).returncode
     finally:
         for ns in (cli, srv):
@@ -1446,7 +1449,7 @@ def main() -> int:
     p.add_argument("--rates", help="override the accuracy rates, e.g. 1000,2500")
     p.add_argument("--sizes", help="override the scrape-cost target counts, e.g. 1000,10000")
     p.add_argument("--loops", help="our exporter's event loops, e.g. uvloop,asyncio (profile's)")
-    p.add_argument("--timeout", type=float, default=1500, help="whole run, seconds (1500)")
+    p.add_argument("--timeout", type=float, help="whole run, seconds (quick 780, otherwise 1500)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--srv-ns", help=argparse.SUPPRESS)
     p.add_argument("--veth", help=argparse.SUPPRESS)
