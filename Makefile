@@ -53,7 +53,7 @@ bench: $(STAMP)
 	$(PY) perf/run.py $(BENCH_ARGS)
 	$(PY) perf/scale.py $(SCALE_SIZES)
 
-# The quiet-machine run of docs/performance.md: every row of the table in about 10 minutes.
+# The quiet-machine run of docs/performance.md: every row of the table in 3–8 minutes (run.py bounded at 780 s).
 bench-quick: $(STAMP)
 	@perf/system-deps
 	$(PY) perf/run.py --profile quick $(BENCH_ARGS)
