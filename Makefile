@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_WORKERS ?= 2
 LISTEN ?= :10077
 
-.PHONY: demo test lint format system-deps bench perf clean dashboards soak
+.PHONY: demo test lint format system-deps bench bench-quick perf clean dashboards soak
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -28,14 +28,14 @@ system-deps:
 	@scripts/system-deps
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter tests deploy/kubernetes/generate.py grafana
-	$(VENV)/bin/ruff format --check exporter tests deploy/kubernetes/generate.py grafana
+	$(VENV)/bin/ruff check exporter tests deploy/kubernetes/generate.py grafana perf
+	$(VENV)/bin/ruff format --check exporter tests deploy/kubernetes/generate.py grafana perf
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict grafana/generate.py grafana/failover_dashboards
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix exporter tests deploy/kubernetes/generate.py grafana
-	$(VENV)/bin/ruff format exporter tests deploy/kubernetes/generate.py grafana
+	$(VENV)/bin/ruff check --fix exporter tests deploy/kubernetes/generate.py grafana perf
+	$(VENV)/bin/ruff format exporter tests deploy/kubernetes/generate.py grafana perf
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)
@@ -53,6 +53,12 @@ bench: $(STAMP)
 	@perf/system-deps
 	$(PY) perf/run.py $(BENCH_ARGS)
 	$(PY) perf/scale.py $(SCALE_SIZES)
+
+# The quiet-machine run of docs/performance.md: every row of the table in 3–8 minutes (run.py bounded at 780 s).
+bench-quick: $(STAMP)
+	@perf/system-deps
+	$(PY) perf/run.py --profile quick $(BENCH_ARGS)
+	$(PY) perf/scale.py 1000,10000
 
 # 30 minutes of a real exporter on a few hundred healthy and hostile targets, reloaded and scraped
 # throughout; RSS, fds and tasks must stay flat. Not part of `test` (which runs 2 minutes of it).

@@ -70,6 +70,22 @@ def fmt(value: float) -> str:
     return repr(value)
 
 
+def duration(value: float) -> str:
+    """A duration gauge's text: nine significant digits (a nanosecond below one second).
+
+    The shortest round-trip `repr` of a full-precision float costs about 6,000 instructions,
+    "%.9g" about 2,200 (valgrind, perf/render.py's values), and the 17 digits say nothing a
+    probe's clock can: the phases are the costliest lines of a scrape. Not for counters' sums
+    or timestamps, which need every digit.
+    """
+    text = _WHOLE.get(value)
+    if text is not None:
+        return text
+    if value.__class__ is float and value - value == 0 and not value.is_integer():
+        return "%.9g" % value  # noqa: UP031 (measured faster than f"{value:.9g}" here)
+    return fmt(value)
+
+
 def _header(spec: MetricSpec) -> str:
     return f"# HELP {spec.name} {spec.help}\n# TYPE {spec.name} {spec.type.value}\n"
 
@@ -153,13 +169,10 @@ def _failures(name: str) -> Renderer:
 def _phases(name: str) -> Renderer:
     def render(out: list[str], states: Sequence[TargetState]) -> int:
         start = len(out)
-        whole = _WHOLE.get
+        text = duration
         for st in states:
             labels = st.labels
-            out += [
-                f'{name}{{{labels},phase="{p}"}} {whole(v) or fmt(v)}\n'
-                for p, v in st.phases.items()
-            ]
+            out += [f'{name}{{{labels},phase="{p}"}} {text(v)}\n' for p, v in st.phases.items()]
         return len(out) - start
 
     return render

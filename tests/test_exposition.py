@@ -335,3 +335,14 @@ def test_gzip_stream_round_trips_through_the_standard_library(backend: str) -> N
     body += packer.flush()
     assert gzip.decompress(body) == text
     assert len(body) < len(text) / 5
+
+
+def test_duration_text_keeps_nine_significant_digits() -> None:
+    for value in (0.0123, 0.010113700000000001, 1.234567891234, 3e-07, 12.5):
+        text = exposition.duration(value)
+        assert math.isclose(float(text), value, rel_tol=1e-8), (value, text)
+    assert exposition.duration(0.0123) == "0.0123"
+    assert exposition.duration(0.0) == "0"
+    assert exposition.duration(2.0) == "2"
+    assert exposition.duration(math.inf) == "+Inf"
+    assert exposition.duration(math.nan) == "NaN"

@@ -28,7 +28,7 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "perf" / "run.py"), "--profile", "smoke", "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -47,7 +47,18 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
         # The ground truth includes the target's fixed 10 ms delay.
         assert 9.5 <= r["truth"]["p50_ms"] < 100, (tool, r["truth"])
         assert r["start_delay"]["n"] > 0, (tool, r)
+        # Both probers' start delay on the wire (due -> SYN) and own gap (SYN-ACK -> request).
+        assert r["start_delay_wire"]["n"] >= 0.9 * r["ok"], (tool, r)
+        assert r["client_gap"]["n"] >= 0.9 * r["ok"], (tool, r)
     assert acc["ours"]["self_metric_start_delay_p99_le_s"] is not None
+
+    thr = res["throughput"]
+    for tool in ("ours", "blackbox"):
+        sat = thr[tool]["saturation"]
+        assert sat["ok"] > 0, (tool, sat)
+        assert sat["cpu_per_probe_ms"] > 0, (tool, sat)
+        assert thr[tool]["runs"], (tool, thr[tool])
+    assert thr["blackbox"]["saturation"]["driver_cpu"] is not None
 
     (scrape,) = res["scrape"]
     assert scrape["targets"] == 50
@@ -64,4 +75,5 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
 
     assert "failover_exporter" in res["table"]
     assert "blackbox_exporter" in res["table"]
-    assert "error vs wire p99 @ 50/s" in proc.stdout
+    assert "50/s: reported latency − wire, p99" in proc.stdout
+    assert "50/s: own scheduling gap SYN-ACK → request p99" in proc.stdout
