@@ -5,6 +5,7 @@ with a slower handler and a bloated layer, with JSON, JUnit XML and Markdown say
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -176,10 +177,14 @@ def test_gate_passes_an_unchanged_rebuild_and_fails_a_regression(
         assert (suite.get("tests"), suite.get("failures")) == ("4", "0")
         assert "### Gate: passed" in md.read_text()
 
-        # The handler 4x slower and a 3 MB layer: both significant, the gate fails.
+        # The handler 4x slower and a 3 MB layer: both significant, the gate fails. The readiness
+        # check goes through the slower handler too, so cold start may regress as well.
         proc = _bench("--config", str(worse), *common, *gate, *outputs, timeout=240)
         assert proc.returncode == 1, proc.stderr + proc.stdout
-        assert "gate: FAILED: 2 significant regression(s)" in proc.stdout, proc.stdout
+        expected = {"regression.p95", "regression.size"}
+        assert re.search(r"gate: FAILED: [23] significant regression\(s\)", proc.stdout), (
+            proc.stdout
+        )
         doc = json.loads(out.read_text())
         verdicts = {c["metric"]: c for c in doc["gate"]}
         assert verdicts["p95"]["verdict"] == "regression"
@@ -192,9 +197,9 @@ def test_gate_passes_an_unchanged_rebuild_and_fails_a_regression(
         failed = {
             case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None
         }
-        assert failed == {"regression.p95", "regression.size"}
+        assert expected <= failed <= expected | {"regression.cold_start"}, failed
         text = md.read_text()
-        assert "### Gate: FAILED (2 significant)" in text
+        assert f"### Gate: FAILED ({len(failed)} significant)" in text
         assert "| app | p95 |" in text
         assert containers_of(docker_client, "") == []
     finally:
