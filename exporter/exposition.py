@@ -178,28 +178,16 @@ def _phases(name: str) -> Renderer:
     return render
 
 
-def _gauge(name: str) -> Renderer:
+def _latest(name: str, channel: Callable[[TargetState], Mapping[str, float]]) -> Renderer:
+    """One sample per target of a value the probe set: its gauges or its counters."""
+
     def render(out: list[str], states: Sequence[TargetState]) -> int:
         start = len(out)
         whole = _WHOLE.get
         out += [
             f"{name}{{{st.labels}}} {whole(v) or fmt(v)}\n"
             for st in states
-            if (v := st.gauges.get(name)) is not None
-        ]
-        return len(out) - start
-
-    return render
-
-
-def _counter(name: str) -> Renderer:
-    def render(out: list[str], states: Sequence[TargetState]) -> int:
-        start = len(out)
-        whole = _WHOLE.get
-        out += [
-            f"{name}{{{st.labels}}} {whole(v) or fmt(v)}\n"
-            for st in states
-            if (v := st.counters.get(name)) is not None
+            if (v := channel(st).get(name)) is not None
         ]
         return len(out) - start
 
@@ -243,8 +231,8 @@ def _renderer(spec: MetricSpec) -> Renderer:
     if any(spec.name in kind.bit_labels for kind in REGISTRY.values()):
         return _bits(spec)
     if spec.type is Type.COUNTER:
-        return _counter(spec.name)
-    return _gauge(spec.name)
+        return _latest(spec.name, _COUNTERS)
+    return _latest(spec.name, _GAUGES)
 
 
 # Families every target has (possibly with no samples yet): their HELP and TYPE are always

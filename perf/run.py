@@ -38,7 +38,7 @@ import tempfile
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -830,14 +830,22 @@ class Blackbox:
         self.proc.stop()
 
 
-async def run_bb(env: Env, rate: int, secs: float) -> dict[str, Any]:
-    """Open loop at `rate` probes/s; the first `warm` seconds are not counted."""
+async def _measure_bb(
+    env: Env,
+    tag: str,
+    conns: int,
+    load: Callable[[BbDriver, float], Awaitable[Any]],
+    secs: float,
+) -> tuple[BbDriver, list[list[Any]], Any, float, float, float, float]:
+    """Blackbox under the driver's `load` on `conns` connections; the first `warm` seconds are
+    not counted. Returns the driver, the window's probes, the capture, the window's wall,
+    blackbox-CPU and driver-CPU seconds and RSS, measured the same way for every blackbox run."""
     warm = env.prof["warm"]
-    with env.capture(f"bb-{rate}") as cap:
+    with env.capture(tag) as cap:
         async with Blackbox(env) as bb:
             driver = BbDriver()
-            await driver.open(BB_CONNS)
-            run = asyncio.ensure_future(driver.fixed(rate, warm + secs))
+            await driver.open(conns)
+            run = asyncio.ensure_future(load(driver, warm + secs))
             await asyncio.sleep(warm)
             t0, c0, d0 = time.time(), cpu_seconds(bb.proc.pid), time.process_time()
             await asyncio.sleep(secs)
@@ -846,27 +854,24 @@ async def run_bb(env: Env, rate: int, secs: float) -> dict[str, Any]:
             await run
             driver.close()
     window = [p for p in driver.results if t0 <= p[1] < t1]
-    return bb_summary(env, "fixed", rate, window, cap, t1 - t0, c1 - c0, d1 - d0, rss,
+    return driver, window, cap, t1 - t0, c1 - c0, d1 - d0, rss
+
+
+async def run_bb(env: Env, rate: int, secs: float) -> dict[str, Any]:
+    """Open loop at `rate` probes/s."""
+    driver, window, cap, wall, cpu, dcpu, rss = await _measure_bb(
+        env, f"bb-{rate}", BB_CONNS, lambda d, t: d.fixed(rate, t), secs
+    )
+    return bb_summary(env, "fixed", rate, window, cap, wall, cpu, dcpu, rss,
                       extra={"connections": driver.conns})  # fmt: skip
 
 
 async def run_bb_saturated(env: Env, conns: int, secs: float) -> dict[str, Any]:
     """Closed loop: `conns` probes always in flight; what blackbox completes on its core."""
-    warm = env.prof["warm"]
-    with env.capture(f"bb-sat-{conns}") as cap:
-        async with Blackbox(env) as bb:
-            driver = BbDriver()
-            await driver.open(conns)
-            run = asyncio.ensure_future(driver.saturate(warm + secs, conns))
-            await asyncio.sleep(warm)
-            t0, c0, d0 = time.time(), cpu_seconds(bb.proc.pid), time.process_time()
-            await asyncio.sleep(secs)
-            t1, c1, d1 = time.time(), cpu_seconds(bb.proc.pid), time.process_time()
-            rss = status_kib(bb.proc.pid, "VmRSS")
-            await run
-            driver.close()
-    window = [p for p in driver.results if t0 <= p[1] < t1]
-    return bb_summary(env, "saturation", conns, window, cap, t1 - t0, c1 - c0, d1 - d0, rss,
+    _driver, window, cap, wall, cpu, dcpu, rss = await _measure_bb(
+        env, f"bb-sat-{conns}", conns, lambda d, t: d.saturate(t, conns), secs
+    )
+    return bb_summary(env, "saturation", conns, window, cap, wall, cpu, dcpu, rss,
                       extra={"in_flight": conns})  # fmt: skip
 
 

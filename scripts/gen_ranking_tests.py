@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 OUT = Path(__file__).resolve().parent.parent / "prometheus" / "tests" / "ranking.test.yml"
 JOB = 'job="failover-exporter"'
 VANTAGES = ("v1", "v2", "v3")
@@ -29,27 +31,13 @@ P95_OVER_P50 = 1.2
 MIN_SAMPLES = 30
 TIE_RATIO = 0.03
 TIE_ABSOLUTE = 0.00005
-GROUP_ORDER = (
-    "failover.vantage.quorum",
-    "failover.vantage.slo",
-    "failover.vantage.ranking",
-    "failover.exporter",
-    "failover.network",
-    "failover.vantage.fleet",
-    "failover.vantage.dns",
-    "failover.budgets",
-    "failover.quorum",
-    "failover.readiness",
-    "failover.images",
-    "failover.ranking",
-    "failover.slo",
-    "failover.fleet",
-    "failover.dns",
-    "failover.region.alerts",
-    "failover.images.alerts",
-    "failover.meta.alerts",
-    "failover.fleet.alerts",
-    "failover.dns.alerts",
+PROMETHEUS = Path(__file__).resolve().parent.parent / "prometheus"
+RULE_FILES = ("rules/regional.rules.yml", "rules/global.rules.yml", "alerts/failover.alerts.yml")
+# The rule files' own group order: promtool then evaluates votes before the quorum before alerts.
+GROUP_ORDER = tuple(
+    group["name"]
+    for name in RULE_FILES
+    for group in yaml.safe_load((PROMETHEUS / name).read_text())["groups"]
 )
 VP50 = "vantage_service_target_region_image:failover_probe_duration_p50_seconds:median"
 VP95 = "vantage_service_target_region_image:failover_probe_duration_p95_seconds:median"

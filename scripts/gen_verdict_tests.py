@@ -14,6 +14,8 @@ import random
 import sys
 from pathlib import Path
 
+import yaml
+
 SCRAPE = 15.0
 PROBE = 5.0
 VANTAGES = ("v1", "v2", "v3")
@@ -26,6 +28,14 @@ PHASES = (0.0, 2.5, 5.0, 7.5, 10.0, 12.5)
 KEEP_FIRING = 240.0
 REGIONS = (("eu", "primary", 1), ("us", "standby", 10), ("ap", "standby", 2))
 OUT = Path(__file__).resolve().parent.parent / "prometheus" / "tests" / "verdicts.test.yml"
+PROMETHEUS = Path(__file__).resolve().parent.parent / "prometheus"
+RULE_FILES = ("rules/regional.rules.yml", "rules/global.rules.yml", "alerts/failover.alerts.yml")
+# The rule files' own group order: promtool then evaluates votes before the quorum before alerts.
+GROUP_ORDER = tuple(
+    group["name"]
+    for name in RULE_FILES
+    for group in yaml.safe_load((PROMETHEUS / name).read_text())["groups"]
+)
 JOB = 'job="failover-exporter"'
 
 
@@ -327,32 +337,7 @@ def main() -> str:
         '# us standby (priority 10), ap standby (priority 2): ap is first although "10" < "2" as text.\n',
         "rule_files:\n  - ../rules/regional.rules.yml\n  - ../rules/global.rules.yml\n  - ../alerts/failover.alerts.yml\n",
         "evaluation_interval: 15s\n",
-        "group_eval_order:\n"
-        + "".join(
-            f"  - {g}\n"
-            for g in (
-                "failover.vantage.quorum",
-                "failover.vantage.slo",
-                "failover.vantage.ranking",
-                "failover.exporter",
-                "failover.network",
-                "failover.vantage.fleet",
-                "failover.vantage.dns",
-                "failover.budgets",
-                "failover.quorum",
-                "failover.readiness",
-                "failover.images",
-                "failover.ranking",
-                "failover.slo",
-                "failover.fleet",
-                "failover.dns",
-                "failover.region.alerts",
-                "failover.images.alerts",
-                "failover.meta.alerts",
-                "failover.fleet.alerts",
-                "failover.dns.alerts",
-            )
-        ),
+        "group_eval_order:\n" + "".join(f"  - {g}\n" for g in GROUP_ORDER),
         "tests:\n",
     ]
     for phase in PHASES:
