@@ -14,6 +14,7 @@ from types import ModuleType
 
 import pytest
 
+from exporter import status_view
 from exporter.probes import REGISTRY
 from exporter.probes.base import bundle_probe_regex
 
@@ -88,6 +89,8 @@ def test_the_ranking_model_uses_the_bundle_constants() -> None:
         "global:failover_rank_tie_ratio:constant": gen.TIE_RATIO,
         "global:failover_rank_tie_absolute_seconds:constant": gen.TIE_ABSOLUTE,
     }
+    # The status page ties images by the same rule as the ranking rules.
+    assert (status_view.TIE_RELATIVE, status_view.TIE_ABSOLUTE) == (gen.TIE_RATIO, gen.TIE_ABSOLUTE)
 
 
 # The groups between a scrape and the page, in order: votes, quorum, region alerts.
