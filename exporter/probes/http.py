@@ -292,7 +292,7 @@ async def _exchange(
     reuse = False
     try:
         if conn is None:
-            conn = await http1.open_hop(loop, hop, p.family, p.proxy, marks)
+            conn = await http1.open_hop(loop, hop, p.family, p.proxy, marks, ex)
         else:
             conn.sync_clock()
         marks.ready = time.perf_counter()

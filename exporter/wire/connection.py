@@ -104,11 +104,14 @@ class Conn:
     """One connection on a bare non-blocking socket; TLS runs in memory (ssl.MemoryBIO), so every
     byte is read here with its kernel receive time, plain or encrypted."""
 
-    __slots__ = ("fd", "incoming", "offset", "outgoing", "sock", "tls")
+    __slots__ = ("early", "fd", "incoming", "loop", "offset", "outgoing", "sock", "tls")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         self.sock = sock
+        self.loop = loop
         self.fd = sock.fileno()
+        # Bytes of the first request already written by `connect` (see `Early`).
+        self.early = 0
         self.tls: ssl.SSLObject | None = None
         self.incoming = self.outgoing = ssl.MemoryBIO()
         self.offset = 0.0
@@ -121,6 +124,10 @@ class Conn:
         self.offset = clock_offset()
 
     def close(self) -> None:
+        # A reader left registered on a closed fd would be found again by the next socket that
+        # gets the same number (uvloop keeps one poll handle per fd): always drop it first. Not
+        # registered, this is a dict lookup, no system call.
+        self.loop.remove_reader(self.fd)
         self.sock.close()
 
     def read(self) -> tuple[bytes, float] | None:
@@ -244,7 +251,8 @@ class Conn:
             sink.received(plain, at)
 
     async def stream(self, loop: asyncio.AbstractEventLoop, sink: Sink) -> None:
-        """Feed the sink from the reader callback until it is done."""
+        """Feed the sink from the reader callback until it is done (the reader may be registered
+        already, by `connect`'s early request: registering it again is a no-op)."""
         loop.add_reader(self.fd, self.feed, sink)
         try:
             await sink.done
@@ -316,10 +324,33 @@ async def resolve(
         marks.dns_start = None
 
 
+class Early:
+    """A request `connect` writes from the loop's writability callback, the moment the handshake
+    completes, and the sink it then starts feeding: the request leaves without waiting for the
+    probe's task to be woken (a turn of the loop behind every other ready callback), and the
+    connection keeps one reader registration from then on instead of a writer's and a
+    reader's (each a poll handle: epoll_ctl and ioctl calls)."""
+
+    __slots__ = ("conn", "request", "sink")
+
+    def __init__(self, request: bytes, sink: Sink) -> None:
+        self.request = request
+        self.sink = sink
+        self.conn: Conn | None = None
+
+
 async def connect(
-    loop: asyncio.AbstractEventLoop, infos: Any, where: str, marks: Marks, reason: Reason
+    loop: asyncio.AbstractEventLoop,
+    infos: Any,
+    where: str,
+    marks: Marks,
+    reason: Reason,
+    early: Early | None = None,
 ) -> Conn:
-    """A connection to the first of `infos` that answers (Happy Eyeballs when there are more)."""
+    """A connection to the first of `infos` that answers (Happy Eyeballs when there are more).
+
+    With `early`, a single address's request is written as soon as the handshake completes
+    (`Conn.early` says how much of it was); Happy Eyeballs leaves it to the caller."""
     if len(infos) > 1:
         marks.syn = time.perf_counter()
         try:
@@ -330,26 +361,54 @@ async def connect(
         marks.tcp = time.perf_counter()
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         marks.handshake = handshake_rtt(sock, sock.family)
-        return Conn(sock)
+        return Conn(sock, loop)
     family, _, proto, _, address = infos[0]
     # Non-blocking from socket(2) on: no separate ioctl per probe.
     sock = socket.socket(family, _NONBLOCKING_STREAM, proto)
+    conn = Conn(sock, loop)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         marks.syn = time.perf_counter()
         err = sock.connect_ex(address)
         if err == errno.EINPROGRESS:
-            await wait(loop, sock.fileno(), loop.add_writer, loop.remove_writer)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            waiter: asyncio.Future[int] = loop.create_future()
+            if early is not None:
+                early.conn = conn
+            loop.add_writer(conn.fd, _connected, waiter, conn, marks, early)
+            try:
+                err = await waiter
+            finally:
+                loop.remove_writer(conn.fd)
+        else:
+            marks.tcp = time.perf_counter()
         if err:
             why = os.strerror(err).lower()
             raise WireFailure(reason, f"cannot connect to {where}: {why}")
     except BaseException:
-        sock.close()
+        conn.close()
         raise
-    marks.tcp = time.perf_counter()
     marks.handshake = handshake_rtt(sock, family)
-    return Conn(sock)
+    return conn
+
+
+def _connected(waiter: asyncio.Future[int], conn: Conn, marks: Marks, early: Early | None) -> None:
+    """Writability callback of a connect in progress: the handshake's outcome, and the early
+    request written at once when there is one."""
+    if waiter.done():
+        return
+    err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    marks.tcp = time.perf_counter()
+    if not err and early is not None:
+        try:
+            conn.early = conn.sock.send(early.request)
+        except OSError:
+            # Nothing written: the caller's own send meets the error (or the room) again.
+            conn.early = 0
+        if conn.early:
+            marks.sent = time.perf_counter()
+            if conn.early == len(early.request):
+                conn.loop.add_reader(conn.fd, conn.feed, early.sink)
+    waiter.set_result(err)
 
 
 async def secure(

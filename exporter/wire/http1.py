@@ -26,6 +26,7 @@ from exporter import __version__
 from exporter.metrics import Reason
 from exporter.wire.connection import (
     Conn,
+    Early,
     Marks,
     WireFailure,
     connect,
@@ -103,13 +104,22 @@ class Hop:
 
 
 async def open_hop(
-    loop: asyncio.AbstractEventLoop, hop: Hop, family: int, proxy: Proxy | None, marks: Marks
+    loop: asyncio.AbstractEventLoop,
+    hop: Hop,
+    family: int,
+    proxy: Proxy | None,
+    marks: Marks,
+    response: Response | None = None,
 ) -> Conn:
     """A connection ready for the hop's request: to the origin or the proxy, through a CONNECT
-    tunnel for https via a proxy, then TLS when the URL says https."""
+    tunnel for https via a proxy, then TLS when the URL says https. With `response`, a plain
+    request straight to the origin is written as the handshake completes (`connection.Early`)
+    and its response is read into `response` from then on; `exchange` sends what is left."""
     if proxy is None:
         infos = hop.addresses or await resolve(loop, hop.host, hop.port, family, marks)
-        conn = await connect(loop, infos, f"{hop.host}:{hop.port}", marks, Reason.CONNECT)
+        early = Early(hop.request, response) if response is not None and hop.ssl is None else None
+        where = f"{hop.host}:{hop.port}"
+        conn = await connect(loop, infos, where, marks, Reason.CONNECT, early)
     else:
         where = f"proxy {proxy.host}:{proxy.port}"
         try:
@@ -338,6 +348,12 @@ async def exchange(
     loop: asyncio.AbstractEventLoop, conn: Conn, request: bytes, response: Response, marks: Marks
 ) -> None:
     """Write the request, then read until the response is complete (or has failed)."""
+    if conn.early:
+        # `connect` wrote (part of) the request the moment the handshake completed.
+        request, conn.early = request[conn.early :], 0
+        if not request:
+            await conn.stream(loop, response)
+            return
     try:
         await conn.send(loop, request)
     except ssl.SSLError as exc:
