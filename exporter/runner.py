@@ -27,17 +27,23 @@ class Runner:
         # Probes running now, scheduled or from /probe; read at scrape time.
         self.in_flight = 0
 
-    async def run(self, target: Target) -> Result:
-        """Run one probe of `target` under its timeout and return the result (no metrics)."""
+    async def run(self, target: Target, loop: asyncio.AbstractEventLoop | None = None) -> Result:
+        """Run one probe of `target` under its timeout and return the result (no metrics).
+
+        `loop` is the running loop, when the caller holds it already: on Python 3.11 every
+        `asyncio.get_running_loop()` (and so `asyncio.timeout`, three of them) is a getpid(2)
+        call, and the scheduler's probes are the hot path."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
         kind = REGISTRY[target.kind]
-        ctx = ProbeContext(self.resources, target.vantage, target.timeout)
+        ctx = ProbeContext(self.resources, target.vantage, target.timeout, loop)
         started = time.time()
         reason: str | None = None
         message = "ok"
         self.in_flight += 1
         t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(target.timeout):
+            async with Deadline(loop, target.timeout):
                 await kind.run(target.prepared, ctx)
         except ProbeFailure as failure:
             reason, message = failure.reason.value, failure.message
@@ -83,3 +89,45 @@ class Runner:
             observations=ctx.observations,
             counters=ctx.counters,
         )
+
+
+class Deadline:
+    """`asyncio.timeout(delay)` for a caller that holds the loop: the same cancel-and-convert
+    (the task is cancelled at the deadline and the CancelledError leaves as TimeoutError unless
+    somebody else cancelled it too), without looking the loop up again."""
+
+    __slots__ = ("_cancelling", "_expired", "_handle", "_loop", "_task", "_when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self._loop = loop
+        self._when = loop.time() + delay
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._cancelling = 0
+
+    async def __aenter__(self) -> Deadline:
+        task = asyncio.current_task(self._loop)
+        if task is None:
+            raise RuntimeError("Deadline must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._handle = self._loop.call_at(self._when, self._expire)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not self._expired or self._task is None:
+            return
+        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+    def _expire(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self._expired = True
+        self._handle = None

@@ -282,7 +282,7 @@ class Scheduler:
         try:
             delay = max(0.0, loop.time() - slot)
             self.selfwatch.probe_started(delay)
-            result = await self.runner.run(target)
+            result = await self.runner.run(target, loop)
             if log.isEnabledFor(logging.DEBUG):
                 # One line per probe: the single measurements the histogram folds away, for
                 # debugging a target and for `make bench` to join against packet captures.

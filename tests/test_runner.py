@@ -18,7 +18,7 @@ from exporter.metrics import Reason
 from exporter.model import Target
 from exporter.probes import REGISTRY, ProbeContext, ProbeFailure
 from exporter.resources import Resources
-from exporter.runner import Runner
+from exporter.runner import Deadline, Runner
 from exporter.state import Result
 from tests.conftest import MakeConfig, one_service
 from tests.support.virtual_time import VirtualTimeLoop, run_virtual
@@ -98,3 +98,67 @@ def test_a_bug_in_a_kind_is_the_error_reason_without_its_text(
     result = run_with(monkeypatch, target, run)
     assert (result.success, result.reason) == (False, Reason.ERROR.value)
     assert result.message == "internal error: KeyError"
+
+
+# -- Deadline: asyncio.timeout for a caller that holds the loop ------------------------------
+
+
+def test_deadline_turns_its_own_cancel_into_timeout_error() -> None:
+    async def main(loop: VirtualTimeLoop) -> float:
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            async with Deadline(loop, 2.5):
+                await asyncio.sleep(10)
+        return loop.time() - start
+
+    assert run_virtual(main) == pytest.approx(2.5)
+
+
+def test_deadline_not_reached_leaves_the_result_and_cancels_its_timer() -> None:
+    async def main(loop: VirtualTimeLoop) -> tuple[str, int]:
+        async with Deadline(loop, 5.0):
+            await asyncio.sleep(1)
+        # Its timer is cancelled: nothing of it would fire later.
+        live = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        return "done", len(live)
+
+    assert run_virtual(main) == ("done", 0)
+
+
+def test_deadline_keeps_an_outside_cancel_a_cancel() -> None:
+    async def main(loop: VirtualTimeLoop) -> str:
+        async def inner() -> None:
+            async with Deadline(loop, 1.0):
+                await asyncio.sleep(10)
+
+        task = loop.create_task(inner())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    assert run_virtual(main) == "cancelled"
+
+
+def test_deadline_expiring_while_the_task_is_also_cancelled_stays_a_cancel() -> None:
+    async def main(loop: VirtualTimeLoop) -> str:
+        async def inner() -> None:
+            async with Deadline(loop, 1.0):
+                # Blocks past the deadline (its timer fires), then an outside cancel arrives too.
+                loop.advance(2.0)
+                asyncio.current_task().cancel()  # type: ignore[union-attr]
+                await asyncio.sleep(10)
+
+        task = loop.create_task(inner())
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        except TimeoutError:
+            return "timeout"
+        return "neither"
+
+    assert run_virtual(main) == "cancelled"

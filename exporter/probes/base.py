@@ -7,6 +7,7 @@ the optional hooks have defaults, so a kind states only what it uses.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 import time
@@ -48,6 +49,7 @@ class ProbeContext:
         "debug",
         "duration",
         "gauges",
+        "loop",
         "observations",
         "phases",
         "resources",
@@ -55,8 +57,16 @@ class ProbeContext:
         "vantage",
     )
 
-    def __init__(self, resources: Resources, vantage: str = "", timeout: float = 0.0) -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        vantage: str = "",
+        timeout: float = 0.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.resources = resources
+        # The running loop, from the runner (None: a probe looks it up itself).
+        self.loop = loop
         # Who is probing (a postgres heartbeat row is keyed by it) and the scheduler's timeout
         # for this run, so a probe can bound server-side work (statement_timeout) to match.
         self.vantage = vantage

@@ -317,7 +317,7 @@ async def run(p: Http, ctx: ProbeContext) -> None:
     hop = http1.Hop(p.url, p.request, p.ssl, p.server_name, p.addresses)
     method, body, headers, secrets = p.method, p.body, p.headers, p.secret_headers
     hops = 0
-    loop = asyncio.get_running_loop()
+    loop = ctx.loop or asyncio.get_running_loop()
     keep_body = bool(p.must_match or p.must_not_match)
     ex = http1.Response(loop, method == "HEAD", p.max_body_bytes, keep_body)
     ctx.log(p.summary)

@@ -109,7 +109,7 @@ def prepare(s: TcpSettings, base_dir: Path) -> Tcp:
 
 
 async def run(p: Tcp, ctx: ProbeContext) -> None:
-    loop = asyncio.get_running_loop()
+    loop = ctx.loop or asyncio.get_running_loop()
     marks = Marks()
     conn: Conn | None = None
     sink: _Expect | None = None

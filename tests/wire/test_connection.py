@@ -16,6 +16,7 @@ import trustme
 
 from exporter.metrics import Reason
 from exporter.wire.connection import (
+    Early,
     Marks,
     WireFailure,
     connect,
@@ -244,3 +245,69 @@ def test_clock_offset_skips_a_preempted_reading(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(time, "perf_counter", lambda: next(perf))
     monkeypatch.setattr(time, "time", lambda: next(wall))
     assert clock_offset() == 1010.000001 - 20.000001
+
+
+async def test_an_early_request_leaves_with_the_handshake_and_is_read_into_its_sink(
+    echo: int,
+) -> None:
+    loop = asyncio.get_running_loop()
+    marks = Marks()
+    sink = Collect(loop, b"ping\n")
+    infos = literal_addresses("127.0.0.1", echo, socket.AF_INET)
+    conn = await connect(loop, infos, "here", marks, Reason.CONNECT, Early(b"ping\n", sink))
+    try:
+        # Written by the writability callback, stamped right after the loop saw the handshake.
+        assert conn.early == len(b"ping\n")
+        assert marks.syn is not None
+        assert marks.tcp is not None
+        assert marks.sent is not None
+        assert marks.syn <= marks.tcp <= marks.sent
+        # The reader is registered already; no send of our own, and the echo comes back.
+        await asyncio.wait_for(sink.done, 10)
+        assert sink.data == b"ping\n"
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_close_drops_the_reader_so_a_reused_fd_starts_clean(loop_name: str) -> None:
+    """uvloop keeps one poll handle per fd number: a reader left on a closed socket would be
+    found by the next socket that gets the number (every probe failed that way once)."""
+    import threading
+
+    import uvloop
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    echo = listener.getsockname()[1]
+
+    def serve() -> None:  # a thread: the test's own loop is not the one running here
+        for _ in range(2):
+            peer, _ = listener.accept()
+            with peer:
+                peer.sendall(peer.recv(64))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    factory = uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop
+
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        got = []
+        for word in (b"one\n", b"two\n"):
+            sink = Collect(loop, word)
+            infos = literal_addresses("127.0.0.1", echo, socket.AF_INET)
+            conn = await connect(loop, infos, "here", Marks(), Reason.CONNECT, Early(word, sink))
+            fd = conn.fd
+            # Read through the early registration, then closed without `stream` ever running.
+            await asyncio.wait_for(sink.done, 10)
+            got.append(sink.data)
+            conn.close()
+            assert not loop.remove_reader(fd)
+        return got
+
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            assert runner.run(main()) == [b"one\n", b"two\n"]
+    finally:
+        server.join(10)
+        listener.close()
