@@ -75,7 +75,7 @@ class Runner:
         if scrub:
             # The one place probe text leaves the probe: a target may reflect what it was sent.
             message = scrub(message)
-            ctx.debug[:] = [scrub(line) for line in ctx.debug]
+            ctx.debug.scrub(scrub)
         return Result(
             target=target,
             started=started,

@@ -10,7 +10,7 @@ import array
 import bisect
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from exporter import metrics
 from exporter.metrics import Reason
@@ -43,7 +43,7 @@ class Result:
     reason: str | None
     message: str
     phases: dict[str, float]
-    debug: list[str]
+    debug: Sequence[str]
     gauges: dict[str, float] = dataclasses.field(default_factory=dict)
     observations: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     counters: dict[str, float] = dataclasses.field(default_factory=dict)

@@ -11,11 +11,11 @@ import asyncio
 import dataclasses
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from exporter import metrics
 from exporter.fields import Model
@@ -38,6 +38,47 @@ class ProbeFailure(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class DebugLines(Sequence[str]):
+    """A probe's debug lines, stamped when logged and written out only when read: every probe
+    logs two or three, and only `/probe?debug=true` and the status page ever read them (the
+    time formatting was a few per cent of a probe's CPU)."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self) -> None:
+        self._raw: list[tuple[float, str]] = []
+
+    def add(self, at: float, message: str) -> None:
+        self._raw.append((at, message))
+
+    def scrub(self, scrub: Callable[[str], str]) -> None:
+        self._raw = [(at, scrub(message)) for at, message in self._raw]
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [_line(entry) for entry in self._raw[index]]
+        return _line(self._raw[index])
+
+    def __iter__(self) -> Iterator[str]:
+        return map(_line, self._raw)
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
+def _line(entry: tuple[float, str]) -> str:
+    return f"{rfc3339(entry[0])} {entry[1]}"
 
 
 class ProbeContext:
@@ -75,7 +116,7 @@ class ProbeContext:
         # Catalogue gauges by name; a name the kind declares in `ProbeKind.gauges` and leaves
         # unset here takes its reset value.
         self.gauges: dict[str, float] = {}
-        self.debug: list[str] = []
+        self.debug = DebugLines()
         # The probe's own measurement of the target's latency, from timestamps at the socket
         # events; None leaves the scheduler's wall clock around the whole run.
         self.duration: float | None = None
@@ -89,7 +130,7 @@ class ProbeContext:
         self.counters[name] = self.counters.get(name, 0.0) + value
 
     def log(self, message: str) -> None:
-        self.debug.append(f"{rfc3339(time.time())} {message}")
+        self.debug.add(time.time(), message)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -197,7 +197,7 @@ async def probe_all(sched):
     for target in cfg.targets:
         r = await sched.probe(target)
         out.append({"success": r.success, "reason": r.reason, "message": r.message,
-                    "debug": r.debug})
+                    "debug": list(r.debug)})
     return out
 
 def scenario(allowed, user):
