@@ -155,13 +155,53 @@ def _probes(name: str) -> Renderer:
     return render
 
 
+# The failure-reason lines of a target are the text between copies of its labels, so they
+# are `labels.join(pieces)`: one C call for the 13 lines of an http target instead of 13
+# f-strings. The pieces change only when the target fails (TargetState.failures_text is reset
+# then), so they are kept on the state between scrapes; a piece for a zero count is shared by
+# every target (about 0.15 KB a target that has failed, nothing for the others).
+_ZERO_PIECES: dict[tuple[str, str, bool], str] = {}
+_ZERO_SETS: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+
+
+def _reason_piece(name: str, reason: str, count: int, last: bool) -> str:
+    line = f',reason="{reason}"}} {count}\n'
+    piece = line if last else f"{line}{name}{{"
+    if count:
+        return piece
+    key = (name, reason, last)
+    return _ZERO_PIECES.setdefault(key, piece)
+
+
+def _reason_pieces(name: str, failures: Mapping[str, int]) -> tuple[str, ...]:
+    if not failures:
+        return ()
+    zero = not any(failures.values())
+    if zero:
+        found = _ZERO_SETS.get((name, key := tuple(failures)))
+        if found is not None:
+            return found
+    last = len(failures) - 1
+    pieces = (
+        f"{name}{{",
+        *(_reason_piece(name, r, n, i == last) for i, (r, n) in enumerate(failures.items())),
+    )
+    if zero:
+        pieces = _ZERO_SETS.setdefault((name, key), pieces)
+    return pieces
+
+
 def _failures(name: str) -> Renderer:
     def render(out: list[str], states: Sequence[TargetState]) -> int:
-        start = len(out)
+        lines = 0
         for st in states:
-            labels = st.labels
-            out += [f'{name}{{{labels},reason="{r}"}} {n}\n' for r, n in st.failures.items()]
-        return len(out) - start
+            pieces = st.failures_text
+            if pieces is None:
+                pieces = st.failures_text = _reason_pieces(name, st.failures)
+            if pieces:
+                out.append(st.labels.join(pieces))
+                lines += len(pieces) - 1
+        return lines
 
     return render
 

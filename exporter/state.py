@@ -100,6 +100,7 @@ class TargetState:
     __slots__ = (
         "counters",
         "failures",
+        "failures_text",
         "gauges",
         "histograms",
         "labels",
@@ -125,6 +126,9 @@ class TargetState:
         # Every reason this kind can report starts at 0, so rate() and increase() see the first
         # failure instead of a series appearing out of nowhere.
         self.failures: dict[str, int] = {r.value: 0 for r in reasons}
+        # The renderer's text of `failures` without the labels (exposition._failures), kept
+        # between scrapes: it changes only when the target fails. None: to be rendered again.
+        self.failures_text: tuple[str, ...] | None = None
         self.gauges: dict[str, float] = {metrics.PROBE_INTERVAL.name: target.interval}
         # The kind's gauges that only hold for the probe that set them: back to these values
         # whenever a probe leaves them unset, and shown with them before the first probe.
@@ -181,6 +185,7 @@ class TargetState:
             self._order_statistics()
         elif result.reason is not None:
             self.failures[result.reason] = self.failures.get(result.reason, 0) + 1
+            self.failures_text = None
 
     def _sample(self, values: list[float]) -> None:
         ring = self.recent

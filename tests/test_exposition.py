@@ -346,3 +346,30 @@ def test_duration_text_keeps_nine_significant_digits() -> None:
     assert exposition.duration(2.0) == "2"
     assert exposition.duration(math.inf) == "+Inf"
     assert exposition.duration(math.nan) == "NaN"
+
+
+async def test_failure_lines_kept_between_scrapes_follow_a_new_failure(tmp_path: Path) -> None:
+    """The reason lines are kept on the state between scrapes: a failure must show at once,
+    and a target that never failed shares the zero text of its reason set."""
+    (tmp_path / "c.yml").write_text(GOLDEN_CONFIG)
+    cfg = config.load(tmp_path / "c.yml")
+    target = next(t for t in cfg.targets if t.kind == "http")
+    kind = REGISTRY[target.kind]
+    st, other = (TargetState(target, kind.reasons, kind.gauges) for _ in range(2))
+    registry = CollectorRegistry()
+
+    def connect_failures(body: bytes) -> list[str]:
+        name = metrics.PROBE_FAILURES.name
+        return [
+            line
+            for line in body.decode().splitlines()
+            if line.startswith(name) and 'reason="connect"' in line
+        ]
+
+    first = await exposition.render([st, other], cfg.regions, registry)
+    assert connect_failures(first)[0].endswith(" 0")
+    assert st.failures_text is other.failures_text
+    st.record(fixed_result(target, 1, success=False))
+    st.record(fixed_result(target, 2, success=False))
+    second = await exposition.render([st, other], cfg.regions, registry)
+    assert [line.rsplit(" ", 1)[1] for line in connect_failures(second)] == ["2", "0"]
