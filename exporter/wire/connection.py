@@ -381,13 +381,13 @@ async def connect(
                 loop.remove_writer(conn.fd)
         else:
             marks.tcp = time.perf_counter()
+            marks.handshake = handshake_rtt(sock, family)
         if err:
             why = os.strerror(err).lower()
             raise WireFailure(reason, f"cannot connect to {where}: {why}")
     except BaseException:
         conn.close()
         raise
-    marks.handshake = handshake_rtt(sock, family)
     return conn
 
 
@@ -398,6 +398,9 @@ def _connected(waiter: asyncio.Future[int], conn: Conn, marks: Marks, early: Ear
         return
     err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     marks.tcp = time.perf_counter()
+    # Before the request leaves: once its ACK is back the kernel's RTT is no longer the
+    # handshake's alone (on loopback that can be before this callback returns).
+    marks.handshake = handshake_rtt(conn.sock, conn.sock.family)
     if not err and early is not None:
         try:
             conn.early = conn.sock.send(early.request)

@@ -262,6 +262,8 @@ async def test_an_early_request_leaves_with_the_handshake_and_is_read_into_its_s
         assert marks.tcp is not None
         assert marks.sent is not None
         assert marks.syn <= marks.tcp <= marks.sent
+        # The handshake's RTT was read in the callback, before the request left.
+        assert marks.handshake is not None
         # The reader is registered already; no send of our own, and the echo comes back.
         await asyncio.wait_for(sink.done, 10)
         assert sink.data == b"ping\n"
