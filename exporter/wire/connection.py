@@ -331,12 +331,11 @@ class Early:
     connection keeps one reader registration from then on instead of a writer's and a
     reader's (each a poll handle: epoll_ctl and ioctl calls)."""
 
-    __slots__ = ("conn", "request", "sink")
+    __slots__ = ("request", "sink")
 
     def __init__(self, request: bytes, sink: Sink) -> None:
         self.request = request
         self.sink = sink
-        self.conn: Conn | None = None
 
 
 async def connect(
@@ -372,8 +371,6 @@ async def connect(
         err = sock.connect_ex(address)
         if err == errno.EINPROGRESS:
             waiter: asyncio.Future[int] = loop.create_future()
-            if early is not None:
-                early.conn = conn
             loop.add_writer(conn.fd, _connected, waiter, conn, marks, early)
             try:
                 err = await waiter
